@@ -1,0 +1,105 @@
+"""The ONE preprocessing path, shared by training, calibration, verification and the runtime.
+
+Training (`train.data`), int8 calibration and verification (`convert`) and the edge runtime
+(`edgeseg.segmenter`) all call these functions, so a model never sees pixels prepared one way
+in training and another way on the device. The input spec travels inside exported models
+(`edgeseg.metadata`), so the runtime reproduces it without side files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a frame becomes a model input.
+
+    Attributes:
+        height: model input height in pixels.
+        width: model input width in pixels.
+        mean: per-channel value subtracted from 0..255 RGB pixels.
+        std: per-channel divisor applied after the mean; the default maps pixels to [0, 1].
+    """
+
+    height: int
+    width: int
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (255.0, 255.0, 255.0)
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["colour_order"] = "RGB"
+        data["layout"] = "NHWC"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InputSpec":
+        return cls(
+            height=int(data["height"]),
+            width=int(data["width"]),
+            mean=tuple(float(v) for v in data.get("mean", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data.get("std", (255.0, 255.0, 255.0))),  # type: ignore[arg-type]
+        )
+
+
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize a colour image to ``size_hw``: area averaging when shrinking, bilinear otherwise.
+
+    Area averaging avoids the aliasing that plain bilinear gives when a 480x360 frame shrinks
+    to a 256x192 input.
+    """
+    height, width = size_hw
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    shrinking = image.shape[0] > height and image.shape[1] > width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize a class-index mask with NEAREST neighbour.
+
+    The tutorial resized masks bilinearly, which invents label values between two classes at
+    every boundary (e.g. 1 and 5 blend into 3). Nearest neighbour keeps only labels that exist.
+    """
+    height, width = size_hw
+    if mask.shape[0] == height and mask.shape[1] == width:
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def prepare_pixels(image: np.ndarray, spec: InputSpec, bgr: bool = False) -> np.ndarray:
+    """Resize a uint8 frame to the model's size and order it RGB, still uint8 ``(H, W, 3)``.
+
+    Args:
+        image: ``(h, w, 3)`` uint8 frame.
+        spec: the model's input spec.
+        bgr: True when the frame comes from OpenCV (BGR order).
+    """
+    resized = resize_image(image, spec.size_hw)
+    if bgr:
+        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(resized)
+
+
+def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Map uint8 RGB pixels to the float32 values the network was trained on."""
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
+    return (pixels.astype(np.float32) - mean) * inv_std
+
+
+def preprocess(image: np.ndarray, spec: InputSpec, bgr: bool = False) -> np.ndarray:
+    """Frame -> float32 ``(H, W, 3)`` network input: resize, colour order, normalisation.
+
+    This is the function training, calibration and the runtime share.
+    """
+    return normalize(prepare_pixels(image, spec, bgr=bgr), spec)

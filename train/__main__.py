@@ -1,0 +1,70 @@
+"""Train a U-Net on ADE20K or any dataset in ADE layout.
+
+    python -m train --config configs/camvid_lite.yaml
+    python -m train --config configs/ade20k_unet.yaml --data-dir data/ADEChallengeData2016
+    python -m train download --dest data/          # ADEChallengeData2016.zip, sha1-checked
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Train segmentation models (run with --config to train; `download` fetches ADE20K).")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (keys = TrainConfig fields)."),
+    data_dir: Optional[str] = typer.Option(None, help="Dataset root in ADE layout."),
+    run_dir: Optional[str] = typer.Option(None, help="Output folder (config, checkpoints, plots)."),
+    architecture: Optional[str] = typer.Option(None, help="unet or unet-lite."),
+    height: Optional[int] = typer.Option(None, help="Input height."),
+    width: Optional[int] = typer.Option(None, help="Input width."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (global, over all replicas)."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    max_examples: Optional[int] = typer.Option(None, help="Debug: use only the first N pairs per split."),
+    mixed_precision: Optional[bool] = typer.Option(None, "--mixed-precision/--no-mixed-precision",
+                                                   help="float16 compute on GPUs."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from train.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config).replace(
+            data_dir=data_dir, run_dir=run_dir, architecture=architecture, height=height, width=width,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_examples=max_examples,
+            mixed_precision=mixed_precision, seed=seed,
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    from train.run import fit  # heavy: imports TensorFlow
+
+    try:
+        fit(cfg)
+    except ValueError as exc:  # DatasetError, ConfigError and bad settings are ValueErrors
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - TF wraps errors raised inside tf.data
+        message = str(exc).strip().splitlines()
+        text = next((line for line in message if "DatasetError" in line or "Error:" in line), message[0] if message else "")
+        fail(f"training stopped: {text.split('DatasetError:')[-1].strip()}", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

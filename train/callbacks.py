@@ -1,0 +1,117 @@
+"""Training callbacks: safe best checkpoint, sample prediction grids, training-curve plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+
+from edgeseg.labels import LabelSet
+from edgeseg.overlay import colourise
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model when `monitor` improves; never overwrite a better checkpoint.
+
+    The best value so far is kept in ``<path>.json`` beside the model, so a resumed (or a
+    completely new) run in the same folder still refuses to replace a better model. Writes go
+    to a temporary file renamed into place, so a kill mid-save leaves the old model intact.
+    """
+
+    def __init__(self, path: Path, monitor: str = "val_miou"):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.record_path = self.path.with_suffix(self.path.suffix + ".json")
+        self.best = -math.inf
+        if self.record_path.is_file():
+            self.best = float(json.loads(self.record_path.read_text())["value"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
+            return
+        self.best = float(value)
+        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self.model.save(tmp)
+        os.replace(tmp, self.path)
+        record = {"monitor": self.monitor, "value": self.best, "epoch": epoch + 1}
+        tmp_record = self.record_path.with_name(self.record_path.name + ".tmp")
+        tmp_record.write_text(json.dumps(record))
+        os.replace(tmp_record, self.record_path)
+        print(f"\nepoch {epoch + 1}: {self.monitor} improved to {self.best:.4f}, saved {self.path}")
+
+
+def prediction_grid(images_rgb: np.ndarray, truths: np.ndarray, predictions: np.ndarray, labels: LabelSet) -> np.ndarray:
+    """Rows of (image | truth | prediction) as one BGR uint8 picture."""
+    palette = labels.palette_bgr()
+    rows = []
+    for image, truth, prediction in zip(images_rgb, truths, predictions):
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        rows.append(np.concatenate([bgr, colourise(truth, palette), colourise(prediction, palette)], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+class PredictionGrid(keras.callbacks.Callback):
+    """Write ``samples/epoch_NNN.png``: fixed validation images, their truth and the prediction."""
+
+    def __init__(self, out_dir: Path, inputs: np.ndarray, pixels: np.ndarray, truths: np.ndarray, labels: LabelSet):
+        super().__init__()
+        self.out_dir = Path(out_dir)
+        self.inputs, self.pixels, self.truths, self.labels = inputs, pixels, truths, labels
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        predictions = np.argmax(self.model.predict(self.inputs, verbose=0), axis=-1).astype(np.uint8)
+        grid = prediction_grid(self.pixels, self.truths, predictions, self.labels)
+        cv2.imwrite(str(self.out_dir / f"epoch_{epoch + 1:03d}.png"), grid)
+
+
+def plot_curves(history_csv: Path, out_png: Path) -> None:
+    """Loss and mIoU / pixel accuracy per epoch, train and validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        if key in rows[0]:
+            axes[0].plot(epochs, [float(r[key]) for r in rows], style, label=key)
+    for key, style in (("miou", "-"), ("val_miou", "--"), ("val_pixel_accuracy", ":")):
+        if key in rows[0]:
+            axes[1].plot(epochs, [float(r[key]) for r in rows], style, label=key)
+    axes[0].set_title("loss")
+    axes[1].set_title("mIoU / pixel accuracy (label 0 ignored)")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    tmp = out_png.with_name(".tmp_" + out_png.name)
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+class CurvesPlot(keras.callbacks.Callback):
+    """Redraw ``training_curves.png`` from the CSV log after every epoch."""
+
+    def __init__(self, history_csv: Path, out_png: Path):
+        super().__init__()
+        self.history_csv, self.out_png = Path(history_csv), Path(out_png)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.history_csv.is_file():
+            plot_curves(self.history_csv, self.out_png)

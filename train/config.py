@@ -1,0 +1,88 @@
+"""Training configuration: one frozen dataclass, loaded from YAML, saved beside every run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Field names are the YAML keys.
+
+    Attributes:
+        data_dir: dataset root in ADE layout (images/<split>/*.jpg, annotations/<split>/*.png).
+        labels: ``"ade20k"``, ``"camvid"``, or ``"auto"`` (``classes.csv`` in data_dir, else ADE20K).
+        architecture: ``"unet"`` or ``"unet-lite"``.
+        height, width: network input size (non-square allowed).
+        width_multiplier: channel scale of unet-lite; base_filters: first-level width of unet.
+        optimizer: ``"radam"`` (rectified Adam, the tutorial's) or ``"adamw"``.
+        lr_schedule: ``"constant"`` (the tutorial) or ``"cosine"`` (with linear warm-up).
+        class_weighting: ``"none"`` or ``"median_frequency"`` (Eigen & Fergus, used by SegNet on CamVid).
+        augment: random flip, zoom-in crop and colour jitter on training images.
+        max_examples: use only the first N training and validation pairs (debugging), 0 = all.
+        cache: ``"memory"``, ``"none"`` or a file path for tf.data's cache.
+    """
+
+    data_dir: str = "data/ADEChallengeData2016"
+    run_dir: str = "runs/ade20k_unet"
+    labels: str = "auto"
+    train_split: str = "training"
+    val_split: str = "validation"
+    architecture: str = "unet"
+    height: int = 128
+    width: int = 128
+    base_filters: int = 64
+    width_multiplier: float = 1.0
+    batch_size: int = 5
+    epochs: int = 20
+    learning_rate: float = 1e-3
+    optimizer: str = "radam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    early_stop_patience: int = 10
+    class_weighting: str = "none"
+    augment: bool = False
+    max_scale: float = 1.5
+    max_examples: int = 0
+    cache: str = "memory"
+    mixed_precision: bool = False
+    seed: int = 42
+    sample_images: int = 4
+    extra: dict = field(default_factory=dict)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or names unknown keys."""
+
+
+def load_config(path: Path | None) -> TrainConfig:
+    """Read a YAML config; unknown keys are an error (typos must not pass silently)."""
+    if path is None:
+        return TrainConfig()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file, e.g. configs/camvid_lite.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of key: value")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown keys {unknown}; valid keys: {sorted(known)}")
+    return TrainConfig(**data)

@@ -1,0 +1,191 @@
+"""Datasets in ADE layout as tf.data pipelines, through the shared preprocessing.
+
+Layout (ADEChallengeData2016, and CamVid as shipped in ../shared/data):
+    <root>/images/<split>/*.jpg      RGB images
+    <root>/annotations/<split>/*.png single-channel masks, 0 = not labelled, 1..N-1 classes
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from edgeseg.labels import ADE20K, BUILTIN, LabelSet, read_classes_csv
+from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that is missing, empty, mismatched or holds bad files."""
+
+
+@dataclass(frozen=True)
+class Pairs:
+    images: tuple[str, ...]
+    masks: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def list_pairs(root: Path, split: str, max_examples: int = 0) -> Pairs:
+    """Match images and masks of one split by file stem.
+
+    Raises:
+        DatasetError: missing folders, no images, or files without a partner (listed).
+    """
+    image_dir, mask_dir = root / "images" / split, root / "annotations" / split
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DatasetError(
+                f"{folder} does not exist; a dataset needs images/{split}/*.jpg and annotations/{split}/*.png"
+            )
+    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
+    if not images:
+        raise DatasetError(f"{image_dir} holds no images (.jpg/.png); put the {split} images there")
+    unmatched = sorted(set(images) ^ set(masks))
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        raise DatasetError(
+            f"{len(unmatched)} {split} files have no partner image/mask with the same name ({shown});"
+            " every images/<split>/X.jpg needs annotations/<split>/X.png"
+        )
+    stems = sorted(images)
+    if max_examples:
+        stems = stems[:max_examples]
+    return Pairs(tuple(str(images[s]) for s in stems), tuple(str(masks[s]) for s in stems))
+
+
+def resolve_labels(root: Path, name: str) -> LabelSet:
+    """Label table of a dataset: a builtin name, or ``auto`` (``classes.csv`` beside it, else ADE20K)."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name != "auto":
+        path = Path(name)
+        if path.is_file():
+            return read_classes_csv(path)
+        raise DatasetError(f"labels {name!r} unknown; use one of {sorted(BUILTIN)}, 'auto' or a classes.csv path")
+    csv_path = root / "classes.csv"
+    return read_classes_csv(csv_path) if csv_path.is_file() else ADE20K
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file as RGB uint8 ``(H, W, 3)``; grey and RGBA are converted."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"{path} is not a readable image; remove it or replace it with a JPEG/PNG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str, num_classes: int) -> np.ndarray:
+    """Read a class-index mask and check its values fit the label table."""
+    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise DatasetError(f"{path} is not a readable mask; masks must be single-channel PNGs")
+    if mask.ndim != 2:
+        raise DatasetError(f"{path} has {mask.shape[2]} channels; masks must be single-channel class-index PNGs")
+    if mask.max() >= num_classes:
+        raise DatasetError(
+            f"{path} holds label {int(mask.max())} but the label table has only {num_classes} classes"
+            f" (0..{num_classes - 1}); fix the mask or the dataset's classes.csv"
+        )
+    return mask.astype(np.uint8)
+
+
+def load_example(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One training pair at network size: float32 image via the shared `preprocess`, uint8 mask."""
+    image = read_image(image_path)
+    mask = read_mask(mask_path, num_classes)
+    if mask.shape != image.shape[:2]:
+        raise DatasetError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is"
+                           f" {image.shape[1]}x{image.shape[0]}; masks must match their images")
+    pixels = normalize(prepare_pixels(image, spec), spec)
+    return pixels, resize_mask(mask, spec.size_hw)
+
+
+def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random horizontal flip, zoom-in crop (image bilinear, mask NEAREST) and colour jitter."""
+    height, width = image.shape[0], image.shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    mask = mask[..., tf.newaxis]
+    flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
+    image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+    mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
+    scale = tf.random.stateless_uniform([], seeds[1], 1.0, max_scale)
+    new_h = tf.cast(tf.math.ceil(height * scale), tf.int32)
+    new_w = tf.cast(tf.math.ceil(width * scale), tf.int32)
+    image = tf.image.resize(image, (new_h, new_w), method="bilinear")
+    mask = tf.image.resize(mask, (new_h, new_w), method="nearest")
+    top = tf.random.stateless_uniform([], seeds[2], 0, new_h - height + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seeds[3], 0, new_w - width + 1, dtype=tf.int32)
+    image = image[top : top + height, left : left + width]
+    mask = mask[top : top + height, left : left + width]
+    brightness = tf.random.stateless_uniform([], seeds[4], -0.1, 0.1)
+    contrast = tf.random.stateless_uniform([], seeds[5], 0.8, 1.2)
+    mean = tf.reduce_mean(image)
+    image = (image - mean) * contrast + mean + brightness
+    image = tf.ensure_shape(image, (height, width, 3))
+    return image, tf.ensure_shape(mask[..., 0], (height, width))
+
+
+def make_dataset(
+    pairs: Pairs,
+    spec: InputSpec,
+    num_classes: int,
+    batch_size: int,
+    training: bool,
+    augment_data: bool = False,
+    max_scale: float = 1.5,
+    cache: str = "memory",
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Decode -> shared preprocess -> cache -> (shuffle, augment) -> batch -> prefetch."""
+
+    def load(image_path, mask_path):
+        return load_example(image_path.decode(), mask_path.decode(), spec, num_classes)
+
+    def load_tf(image_path, mask_path):
+        image, mask = tf.numpy_function(load, [image_path, mask_path], (tf.float32, tf.uint8), stateful=False)
+        image = tf.ensure_shape(image, (spec.height, spec.width, 3))
+        return image, tf.ensure_shape(mask, (spec.height, spec.width))
+
+    dataset = tf.data.Dataset.from_tensor_slices((list(pairs.images), list(pairs.masks)))
+    dataset = dataset.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache == "memory":
+        dataset = dataset.cache()
+    elif cache != "none":
+        dataset = dataset.cache(cache)
+    if training:
+        dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+        if augment_data:
+            counter = tf.data.Dataset.random(seed=seed).map(lambda x: tf.stack([x, x // 7]))
+            dataset = tf.data.Dataset.zip((dataset, counter)).map(
+                lambda pair, s: augment(pair[0], pair[1], max_scale, s),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def class_frequencies(pairs: Pairs, num_classes: int) -> np.ndarray:
+    """Pixel count per class over the masks (for median-frequency class weights)."""
+    counts = np.zeros(num_classes, np.int64)
+    for path in pairs.masks:
+        counts += np.bincount(read_mask(path, num_classes).reshape(-1), minlength=num_classes)
+    return counts
+
+
+def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """w_c = median(f) / f_c over labelled classes present; class 0 and absent classes get 0."""
+    freq = counts.astype(np.float64) / max(1, counts[1:].sum())
+    weights = np.zeros_like(freq)
+    present = freq > 0
+    present[0] = False
+    if present.any():
+        weights[present] = np.median(freq[present]) / freq[present]
+    return weights.astype(np.float32)

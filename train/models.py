@@ -1,0 +1,156 @@
+"""Segmentation networks: the tutorial's `unet` and the edge-friendly `unet-lite`.
+
+Both output per-pixel *logits* with one channel per class index (channel 0 = not labelled), so
+channel k is label k everywhere. Logits, not softmax: argmax is the same, and an int8 logit
+keeps far more resolution between close classes than an int8 probability (scale 1/256).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {}
+
+
+def _register(name: str) -> Callable:
+    def wrap(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+        ARCHITECTURES[name] = builder
+        return builder
+
+    return wrap
+
+
+def required_multiple(architecture: str) -> int:
+    """Input height and width must be a multiple of this (the network's total downsampling)."""
+    return {"unet": 16, "unet-lite": 32}[architecture]
+
+
+def check_input_size(architecture: str, height: int, width: int) -> None:
+    """Raise ValueError naming the nearest valid size when H or W do not fit the network."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    multiple = required_multiple(architecture)
+
+    def nearest(value: int) -> int:
+        return max(multiple, int(round(value / multiple)) * multiple)
+
+    if height % multiple or width % multiple or height <= 0 or width <= 0:
+        raise ValueError(
+            f"input size {height}x{width} (HxW) does not fit {architecture}: H and W must be multiples"
+            f" of {multiple}; nearest valid size is {nearest(height)}x{nearest(width)}"
+        )
+
+
+def build_model(architecture: str, height: int, width: int, num_classes: int, **kwargs) -> keras.Model:
+    """Build `architecture` for a static ``(height, width, 3)`` input and `num_classes` outputs.
+
+    Raises:
+        ValueError: unknown architecture or an input size the network cannot divide.
+    """
+    check_input_size(architecture, height, width)
+    return ARCHITECTURES[architecture](height, width, num_classes, **kwargs)
+
+
+def _double_conv(x, filters: int, name: str):
+    for index in (1, 2):
+        x = layers.Conv2D(
+            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"{name}_conv{index}"
+        )(x)
+    return x
+
+
+@_register("unet")
+def unet(height: int, width: int, num_classes: int, base_filters: int = 64, dropout: float = 0.5) -> keras.Model:
+    """The tutorial's U-Net (64 -> 1024 channels, UpSampling2D + 2x2 conv, skip concatenation).
+
+    Fixed from the tutorial: its ``Conv2D(2, 3)`` squeezed all 64 decoder channels into 2 right
+    before the 151-class 1x1 head, so 151 classes had to be read out of 2 numbers per pixel.
+    Here the head reads the 64 decoder channels directly.
+    """
+    inputs = keras.Input((height, width, 3), name="image")
+    skips = []
+    x = inputs
+    for level in range(4):
+        x = _double_conv(x, base_filters * 2**level, f"down{level}")
+        if level == 3:
+            x = layers.Dropout(dropout, name="down3_dropout")(x)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _double_conv(x, base_filters * 16, "bottom")
+    x = layers.Dropout(dropout, name="bottom_dropout")(x)
+    for level in reversed(range(4)):
+        filters = base_filters * 2**level
+        x = layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
+        x = layers.Conv2D(filters, 2, padding="same", activation="relu", kernel_initializer="he_normal",
+                          name=f"up{level}_conv0")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
+        x = _double_conv(x, filters, f"up{level}")
+    logits = layers.Conv2D(num_classes, 1, name="logits", dtype="float32")(x)
+    return keras.Model(inputs, logits, name="unet")
+
+
+def _separable(x, filters: int, stride: int, name: str):
+    """Depthwise 3x3 + pointwise 1x1, each with BatchNorm (folded at export) and ReLU6."""
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
+    x = layers.BatchNormalization(name=f"{name}_pw_bn")(x)
+    return layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
+
+
+@_register("unet-lite")
+def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float = 1.0) -> keras.Model:
+    """A narrow MobileNet-style U-Net for edge devices (~0.5 GFLOP at 256x192).
+
+    Only ops the Edge TPU compiler maps: 3x3 stride-2 conv stem, depthwise-separable blocks,
+    ReLU6, nearest-neighbour UpSampling2D (no transposed convolutions), plain concatenation
+    (no fused activation), 1x1 head and a final bilinear x2 resize of the logits.
+    """
+
+    def ch(channels: int) -> int:
+        return max(8, int(round(channels * width_multiplier / 8)) * 8)
+
+    inputs = keras.Input((height, width, 3), name="image")
+    x = layers.Conv2D(ch(24), 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    x = _separable(x, ch(32), 1, "enc1")  # 1/2
+    skips = [x]
+    stages = [(ch(48), 2), (ch(96), 2), (ch(160), 3)]  # 1/4, 1/8, 1/16
+    for level, (filters, repeats) in enumerate(stages, start=2):
+        x = _separable(x, filters, 2, f"enc{level}_0")
+        for index in range(1, repeats):
+            x = _separable(x, filters, 1, f"enc{level}_{index}")
+        skips.append(x)
+    x = _separable(x, ch(256), 2, "bottom_0")  # 1/32
+    x = _separable(x, ch(256), 1, "bottom_1")
+    decoder = [ch(128), ch(96), ch(64), ch(48)]
+    for skip, filters, level in zip(reversed(skips), decoder, range(4, 0, -1)):
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skip])
+        x = _separable(x, filters, 1, f"dec{level}")
+    x = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
+    logits = layers.UpSampling2D(2, interpolation="bilinear", name="logits", dtype="float32")(x)
+    return keras.Model(inputs, logits, name="unet_lite")
+
+
+def count_flops(model: keras.Model) -> int:
+    """Multiply-adds x 2 of the convolutions and dense layers (what dominates a U-Net)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.DepthwiseConv2D):
+            out_h, out_w, out_c = layer.output.shape[1:]
+            kh, kw = layer.kernel_size
+            total += 2 * out_h * out_w * out_c * kh * kw
+        elif isinstance(layer, layers.Conv2D):
+            out_h, out_w, out_c = layer.output.shape[1:]
+            kh, kw = layer.kernel_size
+            in_c = layer.input.shape[-1]
+            total += 2 * out_h * out_w * out_c * kh * kw * in_c
+        elif isinstance(layer, layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
