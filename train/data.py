@@ -1,106 +1,24 @@
-"""Datasets in ADE layout as tf.data pipelines, through the shared preprocessing.
+"""Training datasets in ADE layout as tf.data pipelines, through the shared preprocessing.
 
-Layout (ADEChallengeData2016, and CamVid as shipped in ../shared/data):
-    <root>/images/<split>/*.jpg      RGB images
-    <root>/annotations/<split>/*.png single-channel masks, 0 = not labelled, 1..N-1 classes
+Listing, reading and checking files is `edgeseg.dataset` (no TensorFlow there, so `edgeseg eval`
+and `convert` read datasets the very same way).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import cv2
 import numpy as np
 import tensorflow as tf
 
-from edgeseg.labels import ADE20K, BUILTIN, LabelSet, read_classes_csv
+from edgeseg.dataset import DatasetError, Pairs, list_pairs, read_image_rgb, read_mask, resolve_labels
 from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-class DatasetError(ValueError):
-    """A dataset folder that is missing, empty, mismatched or holds bad files."""
-
-
-@dataclass(frozen=True)
-class Pairs:
-    images: tuple[str, ...]
-    masks: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def list_pairs(root: Path, split: str, max_examples: int = 0) -> Pairs:
-    """Match images and masks of one split by file stem.
-
-    Raises:
-        DatasetError: missing folders, no images, or files without a partner (listed).
-    """
-    image_dir, mask_dir = root / "images" / split, root / "annotations" / split
-    for folder in (image_dir, mask_dir):
-        if not folder.is_dir():
-            raise DatasetError(
-                f"{folder} does not exist; a dataset needs images/{split}/*.jpg and annotations/{split}/*.png"
-            )
-    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
-    if not images:
-        raise DatasetError(f"{image_dir} holds no images (.jpg/.png); put the {split} images there")
-    unmatched = sorted(set(images) ^ set(masks))
-    if unmatched:
-        shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
-        raise DatasetError(
-            f"{len(unmatched)} {split} files have no partner image/mask with the same name ({shown});"
-            " every images/<split>/X.jpg needs annotations/<split>/X.png"
-        )
-    stems = sorted(images)
-    if max_examples:
-        stems = stems[:max_examples]
-    return Pairs(tuple(str(images[s]) for s in stems), tuple(str(masks[s]) for s in stems))
-
-
-def resolve_labels(root: Path, name: str) -> LabelSet:
-    """Label table of a dataset: a builtin name, or ``auto`` (``classes.csv`` beside it, else ADE20K)."""
-    if name in BUILTIN:
-        return BUILTIN[name]
-    if name != "auto":
-        path = Path(name)
-        if path.is_file():
-            return read_classes_csv(path)
-        raise DatasetError(f"labels {name!r} unknown; use one of {sorted(BUILTIN)}, 'auto' or a classes.csv path")
-    csv_path = root / "classes.csv"
-    return read_classes_csv(csv_path) if csv_path.is_file() else ADE20K
-
-
-def read_image(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 ``(H, W, 3)``; grey and RGBA are converted."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"{path} is not a readable image; remove it or replace it with a JPEG/PNG")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_mask(path: str, num_classes: int) -> np.ndarray:
-    """Read a class-index mask and check its values fit the label table."""
-    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise DatasetError(f"{path} is not a readable mask; masks must be single-channel PNGs")
-    if mask.ndim != 2:
-        raise DatasetError(f"{path} has {mask.shape[2]} channels; masks must be single-channel class-index PNGs")
-    if mask.max() >= num_classes:
-        raise DatasetError(
-            f"{path} holds label {int(mask.max())} but the label table has only {num_classes} classes"
-            f" (0..{num_classes - 1}); fix the mask or the dataset's classes.csv"
-        )
-    return mask.astype(np.uint8)
+__all__ = ["DatasetError", "Pairs", "list_pairs", "resolve_labels", "load_example", "make_dataset",
+           "augment", "class_frequencies", "median_frequency_weights"]
 
 
 def load_example(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One training pair at network size: float32 image via the shared `preprocess`, uint8 mask."""
-    image = read_image(image_path)
+    image = read_image_rgb(image_path)
     mask = read_mask(mask_path, num_classes)
     if mask.shape != image.shape[:2]:
         raise DatasetError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is"

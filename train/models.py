@@ -92,13 +92,18 @@ def unet(height: int, width: int, num_classes: int, base_filters: int = 64, drop
     return keras.Model(inputs, logits, name="unet")
 
 
+# BatchNorm momentum: 0.9 (not Keras' 0.99) so the moving statistics used at inference keep up
+# with small datasets of ~50 steps per epoch; at 0.99 validation lags the weights by epochs.
+BN_MOMENTUM = 0.9
+
+
 def _separable(x, filters: int, stride: int, name: str):
     """Depthwise 3x3 + pointwise 1x1, each with BatchNorm (folded at export) and ReLU6."""
     x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
-    x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
-    x = layers.BatchNormalization(name=f"{name}_pw_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_pw_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
 
 
@@ -116,7 +121,7 @@ def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float
 
     inputs = keras.Input((height, width, 3), name="image")
     x = layers.Conv2D(ch(24), 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     x = _separable(x, ch(32), 1, "enc1")  # 1/2
     skips = [x]

@@ -11,11 +11,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from edgeseg.labels import LabelSet
-from edgeseg.metrics import confusion_matrix, scores
-from edgeseg.preprocess import InputSpec
+from edgeseg.dataset import read_image_rgb
+from edgeseg.evaluate import evaluate
+from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
 from train import data as data_lib
 from train.callbacks import BestCheckpoint, CurvesPlot, PredictionGrid, plot_curves
 from train.config import TrainConfig
@@ -59,17 +59,14 @@ def input_spec(config: TrainConfig) -> InputSpec:
     return InputSpec(height=config.height, width=config.width)
 
 
-def evaluate_model(model: keras.Model, pairs: data_lib.Pairs, spec: InputSpec, labels: LabelSet,
-                   batch_size: int = 8) -> dict:
-    """Score a Keras model at network resolution with the shared metric code."""
-    matrix = np.zeros((labels.num_classes, labels.num_classes), np.int64)
-    for start in tqdm(range(0, len(pairs), batch_size), desc="evaluate", unit="batch"):
-        chunk = [data_lib.load_example(i, m, spec, labels.num_classes)
-                 for i, m in zip(pairs.images[start:start + batch_size], pairs.masks[start:start + batch_size])]
-        inputs = np.stack([c[0] for c in chunk])
-        predictions = np.argmax(model(inputs, training=False), axis=-1)
-        matrix += confusion_matrix(np.stack([c[1] for c in chunk]), predictions, labels.num_classes)
-    return scores(matrix).to_dict(labels.names)
+def keras_predictor(model: keras.Model, spec: InputSpec):
+    """RGB image -> class map at network resolution, through the shared preprocessing."""
+
+    def predict(image_rgb: np.ndarray) -> np.ndarray:
+        logits = model(preprocess(image_rgb, spec)[np.newaxis], training=False)
+        return np.argmax(logits[0], axis=-1).astype(np.uint8)
+
+    return predict
 
 
 def fit(config: TrainConfig) -> dict:
@@ -128,7 +125,7 @@ def fit(config: TrainConfig) -> dict:
     samples = [data_lib.load_example(i, m, spec, labels.num_classes)
                for i, m in zip(val_pairs.images[:config.sample_images], val_pairs.masks[:config.sample_images])]
     sample_inputs = np.stack([s[0] for s in samples])
-    sample_pixels = np.stack([data_lib.prepare_pixels(data_lib.read_image(p), spec)
+    sample_pixels = np.stack([prepare_pixels(read_image_rgb(p), spec)
                               for p in val_pairs.images[:config.sample_images]])
     best_path = run_dir / "best.keras"
     callbacks = [
@@ -147,7 +144,8 @@ def fit(config: TrainConfig) -> dict:
         plot_curves(run_dir / "history.csv", run_dir / "training_curves.png")
 
     best = keras.models.load_model(best_path) if best_path.is_file() else model
-    result = evaluate_model(best, val_pairs, spec, labels)
+    val_scores, _ = evaluate(keras_predictor(best, spec), val_pairs, labels, desc="evaluate best")
+    result = val_scores.to_dict(labels.names)
     result.update({
         "architecture": config.architecture,
         "input_hw": [config.height, config.width],

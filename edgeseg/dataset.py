@@ -1,0 +1,117 @@
+"""Datasets in ADE layout, read without TensorFlow (used by train, convert and `edgeseg eval`).
+
+    <root>/images/<split>/*.jpg       RGB images
+    <root>/annotations/<split>/*.png  single-channel masks, 0 = not labelled, 1..N-1 classes
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.errors import InputError
+from edgeseg.labels import ADE20K, BUILTIN, LabelSet, read_classes_csv
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class DatasetError(InputError, ValueError):
+    """A dataset folder that is missing, empty, mismatched or holds bad files."""
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Image and mask paths of one split, matched by file stem, sorted."""
+
+    images: tuple[str, ...]
+    masks: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def select(self, indices) -> "Pairs":
+        return Pairs(tuple(self.images[i] for i in indices), tuple(self.masks[i] for i in indices))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def list_pairs(root: Path, split: str, max_examples: int = 0) -> Pairs:
+    """Match the images and masks of one split by file stem.
+
+    Raises:
+        DatasetError: missing folders, no images, or files without a partner (listed).
+    """
+    root = Path(root)
+    image_dir, mask_dir = root / "images" / split, root / "annotations" / split
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DatasetError(
+                f"{folder} does not exist; a dataset needs images/{split}/*.jpg and annotations/{split}/*.png"
+            )
+    images = {p.stem: p for p in list_images(image_dir)}
+    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
+    if not images:
+        raise DatasetError(f"{image_dir} holds no images (.jpg/.png); put the {split} images there")
+    unmatched = sorted(set(images) ^ set(masks))
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        raise DatasetError(
+            f"{len(unmatched)} {split} files have no partner image/mask with the same name ({shown});"
+            f" every images/{split}/X.jpg needs annotations/{split}/X.png"
+        )
+    stems = sorted(images)
+    if max_examples:
+        stems = stems[:max_examples]
+    return Pairs(tuple(str(images[s]) for s in stems), tuple(str(masks[s]) for s in stems))
+
+
+def resolve_labels(root: Path, name: str = "auto") -> LabelSet:
+    """Label table of a dataset: a builtin name, a classes.csv path, or ``auto``
+    (``classes.csv`` in the dataset root, else ADE20K-150)."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name != "auto":
+        path = Path(name)
+        if path.is_file():
+            return read_classes_csv(path)
+        raise DatasetError(f"labels {name!r} unknown; use one of {sorted(BUILTIN)}, 'auto' or a classes.csv path")
+    csv_path = Path(root) / "classes.csv"
+    return read_classes_csv(csv_path) if csv_path.is_file() else ADE20K
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8 ``(H, W, 3)``; grey, RGBA and 16-bit are converted.
+
+    Raises:
+        DatasetError: the file is empty or not an image.
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DatasetError(f"{path} is not a readable image; remove it or replace it with a JPEG/PNG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
+    """Read a class-index mask and check its values fit the label table.
+
+    Raises:
+        DatasetError: unreadable, multi-channel, or holding labels >= num_classes.
+    """
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise DatasetError(f"{path} is not a readable mask; masks must be single-channel PNGs")
+    if mask.ndim != 2:
+        raise DatasetError(f"{path} has {mask.shape[2]} channels; masks must be single-channel class-index PNGs")
+    if int(mask.max()) >= num_classes:
+        raise DatasetError(
+            f"{path} holds label {int(mask.max())} but the label table has only {num_classes} classes"
+            f" (0..{num_classes - 1}); fix the mask or the dataset's classes.csv"
+        )
+    return mask.astype(np.uint8)

@@ -1,0 +1,240 @@
+"""capture -> infer -> draw -> write, threaded so host work overlaps inference.
+
+Threads: a reader decodes file frames ahead into a small queue (live sources have their own
+newest-frame-only capture thread instead, so nothing stale queues up); the caller's thread runs
+inference; a drawer upscales the mask, renders the overlay and encodes the output. The window,
+when shown, is refreshed from the caller's thread (GUI toolkits want one thread).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from edgeseg.errors import EdgesegError, StreamError
+from edgeseg.overlay import render
+from edgeseg.segmenter import Segmenter, upscale
+from edgeseg.sinks import VideoSink
+from edgeseg.sources import FrameSource
+
+QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be drawn; small to bound memory and latency
+_END = object()
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Options of one pipeline run (1:1 with the CLI flags).
+
+    Attributes:
+        alpha: mask opacity in the overlay.
+        legend: draw the legend of present classes.
+        hud: draw FPS and inference time.
+        smooth: temporal smoothing factor 0..1 (0 = off): weight of the past in an exponential
+            moving average of the class scores.
+        max_frames: stop after this many frames (0 = no limit).
+        duration: stop after this many seconds (0 = no limit).
+    """
+
+    alpha: float = 0.5
+    legend: bool = True
+    hud: bool = True
+    smooth: float = 0.0
+    max_frames: int = 0
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What a run did and how fast."""
+
+    frames: int
+    dropped: int
+    seconds: float
+    fps: float
+    inference_p50_ms: float
+    inference_p90_ms: float
+    inference_fps: float
+    flicker: float
+    truncated: bool
+
+    def summary(self) -> str:
+        return (f"frames {self.frames}, dropped {self.dropped}, end-to-end {self.fps:.1f} FPS"
+                f" ({self.seconds:.2f} s), inference p50 {self.inference_p50_ms:.2f} ms"
+                f" p90 {self.inference_p90_ms:.2f} ms ({self.inference_fps:.1f} FPS inference-only),"
+                f" flicker {100 * self.flicker:.2f}% of pixels/frame")
+
+
+class TemporalSmoother:
+    """Exponential moving average of class scores across frames, to steady flickering labels."""
+
+    def __init__(self, segmenter: Segmenter, factor: float) -> None:
+        if not 0.0 <= factor < 1.0:
+            raise EdgesegError(f"--smooth must be in [0, 1), got {factor}; try 0.5")
+        if factor and segmenter.info.output_kind == "class_map":
+            raise EdgesegError("--smooth needs a model that outputs class scores; this one outputs an ArgMax"
+                               " class map (export without --argmax)")
+        self.segmenter, self.factor = segmenter, factor
+        self._state: np.ndarray | None = None
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if not self.factor:
+            return self.segmenter.classes(raw)
+        current = self.segmenter.scores(raw)
+        if self._state is None:
+            self._state = current.copy()
+        else:
+            self._state *= self.factor
+            self._state += (1.0 - self.factor) * current
+        return np.argmax(self._state, axis=-1).astype(np.uint8)
+
+
+def run(
+    source: FrameSource,
+    segmenter: Segmenter,
+    options: PipelineOptions,
+    sink: VideoSink | None = None,
+    show: Callable[[np.ndarray], bool] | None = None,
+    progress: bool = True,
+) -> RunStats:
+    """Segment every frame of `source` (or the newest ones, for live sources).
+
+    Args:
+        source: an open frame source.
+        segmenter: the model.
+        options: overlay and stopping options.
+        sink: where overlaid frames go (None = nowhere).
+        show: called with each overlaid frame from this thread; returns False to stop.
+        progress: show a progress bar for sources of known length.
+
+    Raises:
+        StreamError: the source ended early (the sink is still finished with the frames read).
+        EdgesegError: anything else; the sink's partial file is removed.
+    """
+    smoother = TemporalSmoother(segmenter, options.smooth)
+    labels, palette = segmenter.labels, segmenter.palette_bgr
+    inference_ms: list[float] = []
+    changed: list[float] = []
+    drawn: "queue.Queue" = queue.Queue(maxsize=QUEUE_FRAMES)
+    frames_in: "queue.Queue" = queue.Queue(maxsize=QUEUE_FRAMES)
+    errors: list[BaseException] = []
+    latest = {"image": None}
+    stop = threading.Event()
+    fps_clock = {"t": time.perf_counter(), "fps": 0.0}
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                frame = source.read()
+                if frame is None:
+                    break
+                frames_in.put(frame)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            frames_in.put(_END)
+
+    def drawer() -> None:
+        try:
+            while True:
+                item = drawn.get()
+                if item is _END:
+                    return
+                frame, class_map, infer_ms = item
+                now = time.perf_counter()
+                dt, fps_clock["t"] = now - fps_clock["t"], now
+                fps_clock["fps"] = 0.9 * fps_clock["fps"] + 0.1 * (1.0 / dt if dt > 0 else 0.0)
+                hud = [f"{fps_clock['fps']:.1f} FPS", f"inference {infer_ms:.1f} ms"] if options.hud else None
+                image = render(frame, upscale(class_map, frame.shape[:2]), labels, palette, options.alpha,
+                               options.legend, hud)
+                if sink is not None:
+                    sink.write(image)
+                latest["image"] = image
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            stop.set()
+            while drawn.get() is not _END:  # unblock the producer
+                pass
+
+    threads = [threading.Thread(target=drawer, name="draw", daemon=True)]
+    if not source.live:
+        threads.append(threading.Thread(target=reader, name="read", daemon=True))
+    for thread in threads:
+        thread.start()
+
+    total = source.frame_count if not source.live else None
+    if options.max_frames and total:
+        total = min(total, options.max_frames)
+    bar = tqdm(total=total, unit="frame", desc="segment", disable=not progress or total is None, leave=False)
+    frames = 0
+    previous: np.ndarray | None = None
+    started = time.perf_counter()
+    try:
+        while not stop.is_set():
+            frame = source.read() if source.live else frames_in.get()
+            if frame is None or frame is _END:
+                break
+            raw = segmenter.infer(frame)
+            inference_ms.append(segmenter.last_inference_ms)
+            class_map = smoother(raw)
+            if previous is not None:
+                changed.append(float(np.count_nonzero(class_map != previous)) / class_map.size)
+            previous = class_map
+            drawn.put((frame, class_map, segmenter.last_inference_ms))
+            frames += 1
+            bar.update(1)
+            if show is not None and latest["image"] is not None and not show(latest["image"]):
+                break
+            if options.max_frames and frames >= options.max_frames:
+                break
+            if options.duration and time.perf_counter() - started >= options.duration:
+                break
+    except BaseException:
+        stop.set()
+        drawn.put(_END)
+        if sink is not None:
+            sink.abort()
+        raise
+    finally:
+        bar.close()
+    stop.set()
+    drawn.put(_END)
+    for thread in threads:
+        if thread.name == "read":
+            while thread.is_alive():  # drain so a blocked reader can see `stop`
+                try:
+                    frames_in.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        if sink is not None:
+            sink.abort()
+        error = errors[0]
+        raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
+    truncated_at = source.truncated_at
+    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None)
+    if sink is not None:
+        sink.finish()
+    if truncated_at is not None:
+        where = f"; {sink.frames} frames saved to {sink.path}" if sink is not None else ""
+        raise StreamError(f"{source.name} ended early after {truncated_at} frames (truncated file or lost"
+                          f" stream){where}; check the source", frames_done=frames)
+    return stats
+
+
+def _stats(frames: int, dropped: int, seconds: float, inference_ms: list[float], changed: list[float],
+           truncated: bool) -> RunStats:
+    times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
+    return RunStats(
+        frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
+        inference_p50_ms=float(np.percentile(times, 50)), inference_p90_ms=float(np.percentile(times, 90)),
+        inference_fps=1000.0 / float(times.mean()) if times.mean() > 0 else 0.0,
+        flicker=float(np.mean(changed)) if changed else 0.0, truncated=truncated,
+    )

@@ -1,0 +1,234 @@
+"""Model -> class map: preprocess, invoke, postprocess, for float32/float16/int8/uint8 models.
+
+The model's own tensors say what to do: input size and dtype, quantisation scale and zero point,
+and whether the output is per-class scores (N channels) or a class map (ArgMax inside the model).
+Labels and the input spec come from the metadata embedded by `convert`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgeseg.backend import Runtime, make_interpreter
+from edgeseg.errors import ModelError
+from edgeseg.labels import ADE20K, LabelSet, builtin_for
+from edgeseg.metadata import ModelMetadata, read_metadata
+from edgeseg.preprocess import InputSpec, normalize, prepare_pixels
+
+TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
+DEVICES = ("auto", "cpu", "edgetpu")
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    """How to run a model.
+
+    Attributes:
+        model: path of the .tflite file.
+        threads: CPU threads (None = runtime default).
+        device: ``auto`` (Edge TPU for ``*_edgetpu.tflite``), ``cpu`` or ``edgetpu``.
+    """
+
+    model: Path
+    threads: int | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the runtime needs to know of an input or output tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale > 0 and self.dtype in ("int8", "uint8", "int16")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A loaded model's signature, metadata and provenance."""
+
+    path: str
+    size_bytes: int
+    runtime: str
+    runtime_version: str
+    edgetpu: bool
+    input: TensorInfo
+    output: TensorInfo
+    output_kind: str
+    labels: LabelSet
+    spec: InputSpec
+    metadata_embedded: bool
+    provenance: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path, "size_bytes": self.size_bytes, "runtime": f"{self.runtime} {self.runtime_version}",
+            "edgetpu": self.edgetpu, "input": self.input.__dict__, "output": self.output.__dict__,
+            "output_kind": self.output_kind, "input_spec": self.spec.to_dict(),
+            "labels": {"name": self.labels.name, "num_classes": self.labels.num_classes,
+                       "names": list(self.labels.names)},
+            "metadata_embedded": self.metadata_embedded, "provenance": self.provenance,
+        }
+
+
+def read_model_bytes(path: Path) -> bytes:
+    """Read a .tflite file, rejecting missing, empty and non-TFLite files with a clear message."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model {path} does not exist; pass the path of a .tflite file (see `python -m convert`)")
+    if path.is_dir():
+        raise ModelError(f"model {path} is a folder; pass a .tflite file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model {path} cannot be read ({exc.strerror}); check its permissions") from exc
+    if not data:
+        raise ModelError(f"model {path} is empty (0 bytes); export it again with `python -m convert`")
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise ModelError(f"model {path} is not a TFLite flatbuffer; convert Keras models with `python -m convert`")
+    return data
+
+
+def _tensor_info(detail: dict) -> TensorInfo:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorInfo(
+        name=str(detail["name"]), shape=tuple(int(v) for v in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]).name, scale=float(scale), zero_point=int(zero_point),
+    )
+
+
+class Segmenter:
+    """Runs one TFLite segmentation model on BGR frames.
+
+    Example:
+        >>> seg = Segmenter(SegmenterOptions(Path("models/camvid_lite_int8.tflite")))
+        >>> class_map = seg.segment(frame_bgr)          # (h, w) uint8 at model resolution
+    """
+
+    def __init__(self, options: SegmenterOptions, runtime: Runtime | None = None) -> None:
+        if options.device not in DEVICES:
+            raise ModelError(f"device {options.device!r} unknown; use one of {', '.join(DEVICES)}")
+        self.options = options
+        content = read_model_bytes(options.model)
+        edgetpu = options.device == "edgetpu" or (options.device == "auto" and options.model.name.endswith("_edgetpu.tflite"))
+        self._interpreter, runtime = make_interpreter(content, options.threads, edgetpu, runtime)
+        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        name = options.model.name
+        if len(inputs) != 1:
+            raise ModelError(f"model {name} has {len(inputs)} inputs; edgeseg needs one image input (1, H, W, 3)")
+        if len(outputs) != 1:
+            raise ModelError(f"model {name} has {len(outputs)} outputs; edgeseg needs one segmentation output")
+        self._in, self._out = inputs[0], outputs[0]
+        in_info, out_info = _tensor_info(self._in), _tensor_info(self._out)
+        if len(in_info.shape) != 4 or in_info.shape[0] != 1 or in_info.shape[3] != 3:
+            raise ModelError(f"model {name} input has shape {list(in_info.shape)}; edgeseg needs an image input"
+                             " (1, H, W, 3) - is this a segmentation model?")
+        if in_info.dtype not in ("float32", "float16", "int8", "uint8"):
+            raise ModelError(f"model {name} input is {in_info.dtype}; edgeseg reads float32, float16, int8 or uint8 images")
+        if len(out_info.shape) == 4 and out_info.shape[3] > 1:
+            kind, channels = "scores", out_info.shape[3]
+        elif len(out_info.shape) == 3 or (len(out_info.shape) == 4 and out_info.shape[3] == 1):
+            kind, channels = "class_map", 0
+        else:
+            raise ModelError(f"model {name} output has shape {list(out_info.shape)}; edgeseg needs (1, H, W, classes)"
+                             " scores or a (1, H, W) class map")
+
+        metadata: ModelMetadata | None = read_metadata(content)
+        height, width = in_info.shape[1], in_info.shape[2]
+        if metadata is not None:
+            labels, spec = metadata.labels, metadata.input
+            if (spec.height, spec.width) != (height, width):
+                raise ModelError(f"model {name}: metadata says {spec.height}x{spec.width} but the input is"
+                                 f" {height}x{width}; re-export it with `python -m convert`")
+        else:
+            labels = builtin_for(channels) if channels else ADE20K
+            spec = InputSpec(height=height, width=width)
+        if channels and channels != labels.num_classes:
+            raise ModelError(f"model {name} outputs {channels} classes but its labels list {labels.num_classes}")
+        self.info = ModelInfo(
+            path=str(options.model), size_bytes=len(content), runtime=runtime.name, runtime_version=runtime.version,
+            edgetpu=edgetpu, input=in_info, output=out_info, output_kind=kind, labels=labels, spec=spec,
+            metadata_embedded=metadata is not None, provenance=metadata.provenance if metadata else {},
+        )
+        self.labels, self.spec = labels, spec
+        self.palette_bgr = labels.palette_bgr()
+        self._in_dtype = np.dtype(in_info.dtype)
+        self._lut = self._quantize_lut(in_info) if in_info.quantized else None
+        self.last_inference_ms = 0.0
+
+    @staticmethod
+    def _quantize_lut_for(spec: InputSpec, info: TensorInfo) -> np.ndarray:
+        pixels = np.arange(256, dtype=np.float32)[:, np.newaxis].repeat(3, axis=1)
+        real = normalize(pixels, spec)
+        limits = np.iinfo(np.dtype(info.dtype))
+        return np.clip(np.round(real / info.scale + info.zero_point), limits.min, limits.max).astype(info.dtype)
+
+    def _quantize_lut(self, info: TensorInfo) -> np.ndarray:
+        """256-entry table per channel: uint8 pixel -> quantised model input, exactly as
+        normalise-then-quantise would give, with clipping before the cast."""
+        return self._quantize_lut_for(self.spec, info)
+
+    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """Frame -> model input tensor ``(1, H, W, 3)`` in the input's own dtype."""
+        pixels = prepare_pixels(frame_bgr, self.spec, bgr=True)
+        if self._lut is not None:
+            lut = self._lut
+            if (lut == lut[:, :1]).all():
+                tensor = lut[:, 0][pixels]
+            else:
+                tensor = np.stack([lut[:, c][pixels[..., c]] for c in range(3)], axis=-1)
+        else:
+            tensor = normalize(pixels, self.spec).astype(self._in_dtype, copy=False)
+        return tensor[np.newaxis]
+
+    def infer(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """Run the model; returns its raw output for one frame (``(h, w, C)`` scores or ``(h, w)`` classes)."""
+        tensor = self.prepare(frame_bgr)
+        started = time.perf_counter()
+        self._interpreter.set_tensor(self._in["index"], tensor)
+        self._interpreter.invoke()
+        raw = self._interpreter.get_tensor(self._out["index"])[0]
+        self.last_inference_ms = (time.perf_counter() - started) * 1000.0
+        return raw
+
+    def scores(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores -> float32 (dequantised with the output's scale and zero point)."""
+        info = self.info.output
+        if info.quantized:
+            return (raw.astype(np.float32) - info.zero_point) * info.scale
+        return raw.astype(np.float32, copy=False)
+
+    def classes(self, raw: np.ndarray) -> np.ndarray:
+        """Raw output -> ``(h, w)`` uint8 class map.
+
+        Argmax runs on the raw dtype: with a positive scale, dequantising is monotonic, so the
+        argmax of int8 scores equals the argmax of the real values (no float copy per frame).
+        """
+        if self.info.output_kind == "class_map":
+            return raw.reshape(raw.shape[0], raw.shape[1]).astype(np.uint8, copy=False)
+        if self.info.output.quantized or raw.dtype != np.float16:
+            return np.argmax(raw, axis=-1).astype(np.uint8)
+        return np.argmax(raw.astype(np.float32), axis=-1).astype(np.uint8)
+
+    def segment(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """BGR frame -> ``(h, w)`` uint8 class map at the model's output resolution."""
+        return self.classes(self.infer(frame_bgr))
+
+
+def upscale(class_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Class map -> frame size with NEAREST neighbour (interpolating labels would invent classes)."""
+    if class_map.shape == tuple(size_hw):
+        return class_map
+    return cv2.resize(class_map, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)

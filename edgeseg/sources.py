@@ -1,0 +1,228 @@
+"""Frame sources: video files, image folders, cameras and network streams, as context managers.
+
+Live sources (cameras, rtsp/http streams) are read by a background thread that keeps only the
+newest frame: when inference is slower than the camera, stale frames are dropped (and counted)
+instead of queueing up and making the overlay lag further and further behind reality.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.dataset import list_images
+from edgeseg.errors import InputError
+
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+DEFAULT_FPS = 25.0  # assumed when a source does not report its frame rate
+CAMERA_OPEN_TIMEOUT_S = 5.0
+
+
+class FrameSource:
+    """Base class: iterate BGR uint8 frames; always used as a context manager."""
+
+    live = False
+    name = "source"
+    fps = DEFAULT_FPS
+    frame_count: int | None = None
+    dropped = 0
+
+    def read(self) -> np.ndarray | None:
+        """Next frame, or None at the end of the source."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device or file."""
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def truncated_at(self) -> int | None:
+        """Frames read before the source ended early (None = ended normally)."""
+        return None
+
+
+class VideoFileSource(FrameSource):
+    """Every frame of a video file, in order (no dropping: offline output must be complete)."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        if not path.exists():
+            raise InputError(f"video {path} does not exist; check the path")
+        if path.stat().st_size == 0:
+            raise InputError(f"video {path} is empty (0 bytes); pass a real video file")
+        self._cap = cv2.VideoCapture(str(path))
+        ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
+        if not ok or first is None:
+            self._cap.release()
+            raise InputError(f"video {path} cannot be decoded (corrupt, truncated or not a video);"
+                             " check it plays, or re-encode it with ffmpeg")
+        self._first: np.ndarray | None = first
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else DEFAULT_FPS
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = count if count > 0 else None
+        self._read = 0
+        self._ended_early = False
+
+    def read(self) -> np.ndarray | None:
+        if self._first is not None:
+            frame, self._first = self._first, None
+            self._read += 1
+            return frame
+        ok, frame = self._cap.read()
+        if not ok:
+            # The container promised more frames than could be decoded: the file is truncated.
+            # A one-frame shortfall is a common rounding of the declared count, not damage.
+            if self.frame_count is not None and self.frame_count - self._read > 1:
+                self._ended_early = True
+            return None
+        self._read += 1
+        return frame
+
+    @property
+    def truncated_at(self) -> int | None:
+        return self._read if self._ended_early else None
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageFolderSource(FrameSource):
+    """The images of a folder, sorted by name, as a video."""
+
+    def __init__(self, folder: Path, fps: float = DEFAULT_FPS) -> None:
+        self.name = str(folder)
+        self._paths = list_images(folder)
+        if not self._paths:
+            raise InputError(f"folder {folder} holds no images (.jpg/.png/.bmp); pass a folder of frames")
+        self.fps = fps
+        self.frame_count = len(self._paths)
+        self._index = 0
+        self._size: tuple[int, int] | None = None
+
+    def read(self) -> np.ndarray | None:
+        if self._index >= len(self._paths):
+            return None
+        path = self._paths[self._index]
+        self._index += 1
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise InputError(f"{path} is not a readable image; remove it from the folder")
+        if self._size is None:
+            self._size = frame.shape[:2]
+        elif frame.shape[:2] != self._size:
+            frame = cv2.resize(frame, (self._size[1], self._size[0]), interpolation=cv2.INTER_AREA)
+        return frame
+
+
+class LiveSource(FrameSource):
+    """A camera or network stream read by a thread that keeps only the newest frame."""
+
+    live = True
+
+    def __init__(self, capture: cv2.VideoCapture, name: str) -> None:
+        self.name = name
+        self._cap = capture
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else DEFAULT_FPS
+        self._lock = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._fresh = False
+        self._stopped = False
+        self._failed = False
+        self.captured = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._loop, name=f"capture {name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            ok, frame = self._cap.read()
+            with self._lock:
+                if not ok:
+                    self._failed = True
+                    self._lock.notify_all()
+                    return
+                if self._fresh:
+                    self.dropped += 1  # the previous frame was never consumed: stale, dropped
+                self._frame, self._fresh = frame, True
+                self.captured += 1
+                self._lock.notify_all()
+
+    def read(self) -> np.ndarray | None:
+        with self._lock:
+            while not self._fresh and not self._failed and not self._stopped:
+                self._lock.wait(timeout=CAMERA_OPEN_TIMEOUT_S)
+                if not self._fresh and not self._failed:
+                    self._failed = True
+            if not self._fresh:
+                return None
+            self._fresh = False
+            return self._frame
+
+    @property
+    def truncated_at(self) -> int | None:
+        return self.captured if self._failed else None
+
+    def close(self) -> None:
+        self._stopped = True
+        self._thread.join(timeout=2.0)
+        self._cap.release()
+
+
+def open_camera(camera: str) -> LiveSource:
+    """Open a camera by index (``0``) or device path (``/dev/video0``).
+
+    Raises:
+        InputError: no such camera, or it delivers no frame.
+    """
+    device: int | str = int(camera) if re.fullmatch(r"\d+", camera) else camera
+    if isinstance(device, str) and not os.path.exists(device):
+        raise InputError(f"camera {camera} does not exist; list cameras with `ls /dev/video*` or pass an index like 0")
+    capture = cv2.VideoCapture(device)
+    if not capture.isOpened():
+        capture.release()
+        raise InputError(f"camera {camera} cannot be opened; check it is connected and not used by another"
+                         " program (`ls /dev/video*`)")
+    return LiveSource(capture, f"camera {camera}")
+
+
+def open_stream(url: str) -> LiveSource:
+    """Open an rtsp/http stream as a live source."""
+    capture = cv2.VideoCapture(url)
+    if not capture.isOpened():
+        capture.release()
+        raise InputError(f"stream {url} cannot be opened; check the URL plays in a media player")
+    return LiveSource(capture, url)
+
+
+def open_source(source: str) -> FrameSource:
+    """A video file, a folder of images, or an rtsp/http URL."""
+    if source.lower().startswith(STREAM_PREFIXES):
+        return open_stream(source)
+    path = Path(source)
+    if path.is_dir():
+        return ImageFolderSource(path)
+    return VideoFileSource(path)
+
+
+def wait_for_first_frame(source: FrameSource, timeout_s: float = CAMERA_OPEN_TIMEOUT_S) -> None:
+    """Used by live sources at start: raise when no frame arrives in time."""
+    deadline = time.monotonic() + timeout_s
+    while isinstance(source, LiveSource) and source.captured == 0 and time.monotonic() < deadline:
+        if source._failed:
+            break
+        time.sleep(0.01)
+    if isinstance(source, LiveSource) and source.captured == 0:
+        raise InputError(f"{source.name} delivered no frame within {timeout_s:.0f} s; check the device or URL")
