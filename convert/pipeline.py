@@ -1,0 +1,170 @@
+"""The conversion run: load, calibrate, export each mode with metadata, verify, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+import edgeseg
+from convert import export
+from convert.calibration import calibration_images, representative_dataset
+from convert.report import write_report
+from convert.source import ConvertError, SourceModel, labels_for, load_source
+from convert.verify import host_argmax_ms, layer_errors, verify
+from edgeseg.dataset import list_pairs
+from edgeseg.metadata import ModelMetadata, attach_metadata
+from edgeseg.preprocess import InputSpec
+from edgeseg.sinks import check_writable_dir
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Resolved options of one conversion (see `python -m convert --help`)."""
+
+    model: Path
+    modes: tuple[str, ...]
+    eval_data: Path
+    out_dir: Path
+    name: str
+    calib_data: Path | None = None
+    calib_split: str = "training"
+    eval_split: str = "validation"
+    num_calib: int = 200
+    num_eval: int = 0
+    io_type: str = "int8"
+    argmax: bool = False
+    edgetpu: bool = False
+    min_agreement: float = 0.97
+    max_miou_drop: float = 0.02
+    fallback: str = "none"
+    seed: int = 0
+
+
+def _check(verification: dict, options: ConvertOptions) -> tuple[bool, str]:
+    if verification["agreement"] < options.min_agreement:
+        return False, (f"agreement {100 * verification['agreement']:.2f}% < {100 * options.min_agreement:.1f}%")
+    if verification["miou_drop"] > options.max_miou_drop:
+        return False, (f"mIoU drop {100 * verification['miou_drop']:.2f} points > {100 * options.max_miou_drop:.1f}")
+    return True, ""
+
+
+def run(options: ConvertOptions) -> dict:
+    """Convert and verify; returns the report (``passed`` False when a model failed its thresholds).
+
+    Raises:
+        ConvertError / EdgesegError: bad input, before any .tflite is written.
+    """
+    try:
+        check_writable_dir(options.out_dir)
+    except Exception as exc:
+        raise ConvertError(str(exc)) from exc
+    source = load_source(options.model)
+    pairs = list_pairs(options.eval_data, options.eval_split, options.num_eval)
+    labels = labels_for(source, options.eval_data)
+    spec = InputSpec(height=source.height, width=source.width)
+    needs_calibration = any(export.MODES[m].calibrated for m in options.modes)
+    calib_paths: list[str] = []
+    if needs_calibration:
+        if options.calib_data is None:
+            raise ConvertError("int8 needs real calibration images: pass --calib-data DIR (e.g. the training set)")
+        exclude = {str(Path(p).resolve()) for p in pairs.images}
+        calib_paths = calibration_images(options.calib_data, options.calib_split, options.num_calib, options.seed,
+                                         exclude)
+
+    def representative():
+        return representative_dataset(calib_paths, spec)
+
+    provenance = {
+        "source_model": source.path.name, "source_sha256": source.sha256,
+        "converter": f"tensorflow {tf.__version__}, edgeseg {edgeseg.__version__}",
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    report: dict = {
+        "name": options.name,
+        "source": {"path": str(source.path), "sha256": source.sha256, "height": source.height,
+                   "width": source.width, "num_classes": source.num_classes},
+        "calibration": {"folder": str(options.calib_data), "split": options.calib_split, "count": len(calib_paths),
+                        "seed": options.seed} if calib_paths else {},
+        "evaluation": {"folder": str(options.eval_data), "split": options.eval_split, "images": len(pairs)},
+        "thresholds": {"min_agreement": options.min_agreement, "max_miou_drop": options.max_miou_drop},
+        "models": [],
+    }
+
+    def export_one(mode: str, suffix: str) -> dict:
+        data = export.convert(source, mode, options.io_type, representative, options.argmax)
+        metadata = ModelMetadata(
+            labels=labels, input=spec, output="class_map" if options.argmax else "logits",
+            provenance={**provenance, "quantization": mode,
+                        "io_type": options.io_type if export.MODES[mode].integer_io else "float32",
+                        **({"calibration": f"{len(calib_paths)} images of {options.calib_data}/{options.calib_split}"
+                            f" (seed {options.seed})"} if export.MODES[mode].calibrated else {})},
+        )
+        path = options.out_dir / f"{options.name}_{suffix}.tflite"
+        export.write_atomic(path, attach_metadata(data, metadata))
+        verification = verify(source, path, pairs, labels, spec)
+        passed, reason = _check(verification, options)
+        row = {"mode": mode, "path": str(path), "size_bytes": path.stat().st_size, "passed": passed,
+               "reason": reason, "verification": verification}
+        print(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, agreement {100 * verification['agreement']:.2f}%,"
+              f" mIoU {verification['miou_keras']:.4f} -> {verification['miou_tflite']:.4f}"
+              f" ({'pass' if passed else 'FAIL: ' + reason})")
+        if not passed:
+            failed = path.with_name(path.stem + ".failed.tflite")
+            os.replace(path, failed)  # never leave a model that failed its check under a deployable name
+            row["path"] = str(failed)
+        return row
+
+    for mode in options.modes:
+        row = export_one(mode, mode)
+        if not row["passed"] and export.MODES[mode].calibrated:
+            row["worst_layers"] = layer_errors(
+                lambda: export.make_converter(source, export.MODES[mode], options.io_type, representative, False),
+                representative)
+        report["models"].append(row)
+        if not row["passed"] and mode == "int8" and options.fallback != "none":
+            report["models"].append(export_one(options.fallback, options.fallback))
+
+    if options.argmax:
+        report["argmax"] = _argmax_effect(source, options, representative)
+    if options.edgetpu:
+        report["edgetpu"] = _edgetpu(report, options, labels, spec, provenance)
+    json_path, md_path = write_report(report, options.out_dir, options.name)
+    report["report_md"] = str(md_path)
+    report["passed"] = all(r["passed"] for r in report["models"] if r["mode"] != options.fallback) or any(
+        r["passed"] for r in report["models"] if r["mode"] == options.fallback)
+    print(f"report: {json_path}, {md_path}")
+    return report
+
+
+def _argmax_effect(source: SourceModel, options: ConvertOptions, representative) -> dict:
+    """Invoke time with ArgMax in the graph vs without (+ the host argmax it replaces)."""
+    mode = "int8" if "int8" in options.modes else options.modes[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        scores_path, argmax_path = Path(tmp) / "scores.tflite", Path(tmp) / "argmax.tflite"
+        scores_path.write_bytes(export.convert(source, mode, options.io_type, representative, argmax=False))
+        argmax_path.write_bytes(export.convert(source, mode, options.io_type, representative, argmax=True))
+        invoke_scores, host = host_argmax_ms(scores_path)
+        invoke_argmax, _ = host_argmax_ms(argmax_path)
+    return {"mode": mode, "invoke_ms_scores": invoke_scores, "host_argmax_ms": host,
+            "invoke_ms_with_argmax": invoke_argmax}
+
+
+def _edgetpu(report: dict, options: ConvertOptions, labels, spec, provenance) -> str:
+    int8 = next((r for r in report["models"] if r["mode"] == "int8" and r["passed"]), None)
+    if int8 is None:
+        return "no passing int8 model to compile"
+    compiled, command = export.compile_edgetpu(Path(int8["path"]), options.out_dir)
+    if compiled is None:
+        message = f"edgetpu_compiler is not installed here; on a machine that has it run: {command}"
+        print(message)
+        return message
+    from edgeseg.metadata import read_metadata
+
+    metadata = read_metadata(Path(int8["path"]).read_bytes())
+    export.write_atomic(compiled, attach_metadata(compiled.read_bytes(), metadata))
+    return f"compiled {compiled.name} (metadata re-attached)"

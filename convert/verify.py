@@ -1,0 +1,123 @@
+"""Accuracy of an exported model against its Keras source, on held-out real images.
+
+The TFLite side runs through `edgeseg.segmenter.Segmenter`, the very code the device runs, so
+what is verified here is what users get.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from convert.source import SourceModel
+from edgeseg.dataset import Pairs, read_image_rgb, read_mask
+from edgeseg.labels import LabelSet
+from edgeseg.metrics import confusion_matrix, scores
+from edgeseg.preprocess import InputSpec, preprocess, resize_mask
+from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet, spec: InputSpec,
+           threads: int | None = None) -> dict:
+    """Compare `model_path` with the Keras model on every pair.
+
+    Returns:
+        agreement (share of pixels where both argmaxes agree, at model resolution), mIoU of both
+        against the ground truth at annotation resolution and the drop, per-class IoU difference,
+        mean/max probability error (models with score outputs), median latency.
+    """
+    segmenter = Segmenter(SegmenterOptions(model=model_path, threads=threads, device="cpu"))
+    n = labels.num_classes
+    keras_matrix = np.zeros((n, n), np.int64)
+    tflite_matrix = np.zeros((n, n), np.int64)
+    agree = total = 0
+    prob_errors: list[float] = []
+    prob_max = 0.0
+    latencies: list[float] = []
+    for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=f"verify {model_path.name}",
+                                      unit="img", leave=False):
+        image = read_image_rgb(image_path)
+        truth = read_mask(mask_path, n)
+        logits = source.predict(preprocess(image, spec)[np.newaxis])[0]
+        keras_classes = np.argmax(logits, axis=-1).astype(np.uint8)
+        started = time.perf_counter()
+        raw = segmenter.infer(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        latencies.append((time.perf_counter() - started) * 1000)
+        tflite_classes = segmenter.classes(raw)
+        agree += int(np.count_nonzero(keras_classes == tflite_classes))
+        total += keras_classes.size
+        if segmenter.info.output_kind == "scores":
+            error = np.abs(_softmax(segmenter.scores(raw)) - _softmax(logits.astype(np.float32)))
+            prob_errors.append(float(error.mean()))
+            prob_max = max(prob_max, float(error.max()))
+        keras_matrix += confusion_matrix(truth, resize_mask(keras_classes, truth.shape), n)
+        tflite_matrix += confusion_matrix(truth, resize_mask(tflite_classes, truth.shape), n)
+    keras_scores, tflite_scores = scores(keras_matrix), scores(tflite_matrix)
+    per_class = {}
+    for index in range(1, n):
+        k, t = keras_scores.per_class_iou[index], tflite_scores.per_class_iou[index]
+        if not (np.isnan(k) and np.isnan(t)):
+            per_class[labels.names[index]] = {
+                "keras": None if np.isnan(k) else round(float(k), 4),
+                "tflite": None if np.isnan(t) else round(float(t), 4),
+                "diff": None if np.isnan(k) or np.isnan(t) else round(float(t - k), 4),
+            }
+    return {
+        "images": len(pairs),
+        "agreement": agree / max(1, total),
+        "miou_keras": keras_scores.miou,
+        "miou_tflite": tflite_scores.miou,
+        "miou_drop": keras_scores.miou - tflite_scores.miou,
+        "pixel_accuracy_keras": keras_scores.pixel_accuracy,
+        "pixel_accuracy_tflite": tflite_scores.pixel_accuracy,
+        "prob_error_mean": float(np.mean(prob_errors)) if prob_errors else None,
+        "prob_error_max": prob_max if prob_errors else None,
+        "latency_ms_median": float(np.median(latencies)) if latencies else None,
+        "per_class_iou": per_class,
+        "input_dtype": segmenter.info.input.dtype,
+        "output_dtype": segmenter.info.output.dtype,
+        "output_kind": segmenter.info.output_kind,
+    }
+
+
+def host_argmax_ms(model_path: Path, runs: int = 30) -> tuple[float, float]:
+    """Median ms of invoke() and of the host-side argmax of its output (what --argmax saves)."""
+    segmenter = Segmenter(SegmenterOptions(model=model_path, device="cpu"))
+    frame = np.random.default_rng(0).integers(0, 256, (segmenter.spec.height, segmenter.spec.width, 3), np.uint8)
+    invoke, argmax = [], []
+    for _ in range(runs):
+        raw = segmenter.infer(frame)
+        invoke.append(segmenter.last_inference_ms)
+        started = time.perf_counter()
+        segmenter.classes(raw)
+        argmax.append((time.perf_counter() - started) * 1000)
+    return float(np.median(invoke)), float(np.median(argmax))
+
+
+def layer_errors(converter_factory, representative, top: int = 5) -> list[dict]:
+    """Layers that lose most in int8 (TF's quantisation debugger): RMSE / scale, worst first."""
+    import tensorflow as tf
+
+    converter = converter_factory()
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative)
+    debugger.run()
+    rows = []
+    for name, stats in debugger.layer_statistics.items():
+        details = next((d for d in debugger._quant_interpreter.get_tensor_details() if d["name"] == name), None)
+        scale = details["quantization_parameters"]["scales"][0] if details is not None and len(
+            details["quantization_parameters"]["scales"]) else None
+        mse = stats.get("mean_squared_error")
+        if scale and mse is not None:
+            rows.append({"tensor": name, "rmse_over_scale": float(np.sqrt(mse) / scale)})
+    rows.sort(key=lambda r: -r["rmse_over_scale"])
+    return rows[:top]
