@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -64,7 +66,8 @@ def convert(source: SourceModel, mode_name: str, io_type: str = "int8", represen
     mode = MODES[mode_name]
     converter = make_converter(source, mode, io_type, representative, argmax)
     try:
-        return converter.convert()
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every traced tensor spec
+            return converter.convert()
     except ConvertError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises assorted types

@@ -19,6 +19,17 @@ class ConvertError(ValueError):
     """Bad input to the converter; the message says how to fix it."""
 
 
+class ClassMap(keras.layers.Layer):
+    """ArgMax over classes -> uint8 class map, as the builtin TFLite ARG_MAX op.
+
+    `keras.ops.argmax` lowers to extra bitwise ops on the TF backend that TFLite has no builtin
+    kernel for, so the TF op is used directly.
+    """
+
+    def call(self, logits):
+        return tf.cast(tf.math.argmax(logits, axis=-1, output_type=tf.int32), tf.uint8)
+
+
 @dataclass
 class SourceModel:
     """A loaded model plus what the converter needs to know about it."""
@@ -40,7 +51,7 @@ class SourceModel:
             return tf.lite.TFLiteConverter.from_saved_model(str(self.saved_model_dir))
         model = self.keras_model
         if argmax:
-            classes = keras.ops.cast(keras.ops.argmax(model.outputs[0], axis=-1), "uint8")
+            classes = ClassMap(name="class_map")(model.outputs[0])
             model = keras.Model(model.inputs, classes, name=f"{model.name}_argmax")
         return tf.lite.TFLiteConverter.from_keras_model(model)
 

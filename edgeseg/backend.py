@@ -40,12 +40,12 @@ def find_runtime(preferred: str | None = None) -> Runtime:
     candidates = (preferred,) if preferred else INTERPRETER_MODULES
     for module_name in candidates:
         try:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(module_name.split(".")[0] if module_name == "tensorflow.lite" else module_name)
         except ImportError:
             continue
-        if module_name == "tensorflow.lite":
-            interpreter_class, load_delegate = module.Interpreter, module.experimental.load_delegate
-            version = importlib.import_module("tensorflow").__version__
+        if module_name == "tensorflow.lite":  # tf.lite is a lazily attached attribute, not a plain module
+            interpreter_class, load_delegate = module.lite.Interpreter, module.lite.experimental.load_delegate
+            version = module.__version__
         else:
             interpreter_class, load_delegate = module.Interpreter, module.load_delegate
             version = _package_version(module_name.split(".")[0].replace("_", "-"))

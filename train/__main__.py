@@ -66,5 +66,25 @@ def main(
         fail(f"training stopped: {text.split('DatasetError:')[-1].strip()}", 1)
 
 
+@app.command()
+def download(
+    dest: Path = typer.Option(Path("data"), "--dest", help="Folder for the zip and the extracted dataset."),
+    name: str = typer.Option("ADEChallengeData2016", "--name", help="ADEChallengeData2016 or release_test."),
+    url: Optional[str] = typer.Option(None, "--url", help="Override the download URL (mirrors, tests)."),
+    sha1: Optional[str] = typer.Option(None, "--sha1", help="Override the expected SHA-1."),
+    keep_zip: bool = typer.Option(True, "--keep-zip/--delete-zip", help="Keep the archive after extraction."),
+) -> None:
+    """Download ADE20K (SceneParse150) with resume and SHA-1 check, then extract it safely."""
+    from train.download import ARCHIVES, DownloadError, fetch_dataset
+
+    if name not in ARCHIVES:
+        fail(f"unknown archive {name!r}; choose one of {', '.join(ARCHIVES)}")
+    try:
+        root = fetch_dataset(dest, url=url, sha1=sha1, name=name, keep_zip=keep_zip)
+    except DownloadError as exc:
+        fail(str(exc), 1)
+    typer.echo(f"dataset ready in {root}")
+
+
 if __name__ == "__main__":
     sys.exit(app())
