@@ -1,0 +1,213 @@
+"""Training pieces on real CamVid images: data, augmentation, optimiser, loss, resume."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, shared
+from edgeseg.preprocess import InputSpec, resize_mask
+
+
+def test_nearest_mask_resize_keeps_only_original_labels(camvid):
+    import cv2
+
+    masks = sorted((camvid / "annotations" / "training").glob("*.png"))[:5]
+    for path in masks:
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        for size in ((192, 256), (100, 133), (720, 960)):
+            assert set(np.unique(resize_mask(mask, size))) <= set(np.unique(mask))
+        # What the tutorial did: bilinear resizing invents labels that are in neither neighbour.
+        blurred = cv2.resize(mask, (133, 100), interpolation=cv2.INTER_LINEAR)
+        assert not set(np.unique(blurred)) <= set(np.unique(mask))
+
+
+def test_augmentation_keeps_labels_and_aligns_image_and_mask(camvid):
+    import tensorflow as tf
+
+    from train.data import augment, load_example
+
+    pairs = sorted((camvid / "images" / "training").glob("*.jpg"))[:2]
+    for index, image_path in enumerate(pairs):
+        mask_path = camvid / "annotations" / "training" / (image_path.stem + ".png")
+        image, mask = load_example(str(image_path), str(mask_path), InputSpec(96, 128), 12)
+        out_image, out_mask = augment(tf.constant(image), tf.constant(mask), 1.6, tf.constant([index, 9], tf.int64))
+        assert out_image.shape == (96, 128, 3) and out_mask.shape == (96, 128)
+        assert set(np.unique(out_mask.numpy())) <= set(np.unique(mask))
+
+
+def test_dataset_errors_name_the_problem(tmp_path, camvid):
+    from edgeseg.dataset import DatasetError, list_pairs, read_mask
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        list_pairs(tmp_path, "training")
+    (tmp_path / "images" / "training").mkdir(parents=True)
+    (tmp_path / "annotations" / "training").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="holds no images"):
+        list_pairs(tmp_path, "training")
+    image = next((camvid / "images" / "training").glob("*.jpg"))
+    (tmp_path / "images" / "training" / "a.jpg").write_bytes(image.read_bytes())
+    (tmp_path / "images" / "training" / "b.jpg").write_bytes(image.read_bytes())
+    mask = (camvid / "annotations" / "training" / (image.stem + ".png")).read_bytes()
+    (tmp_path / "annotations" / "training" / "a.png").write_bytes(mask)
+    with pytest.raises(DatasetError, match=r"1 training files have no partner.*\bb\b"):
+        list_pairs(tmp_path, "training")
+    with pytest.raises(DatasetError, match="holds label 11 but the label table has only 5"):
+        read_mask(tmp_path / "annotations" / "training" / "a.png", 5)
+
+
+def test_input_size_errors_name_the_nearest_valid_size():
+    from train.models import check_input_size
+
+    check_input_size("unet-lite", 192, 256)
+    check_input_size("unet", 128, 176)
+    with pytest.raises(ValueError, match="nearest valid size is 192x256"):
+        check_input_size("unet-lite", 200, 250)
+    with pytest.raises(ValueError, match="choose one of"):
+        check_input_size("segformer", 128, 128)
+
+
+def test_unet_has_no_two_channel_bottleneck_and_lite_is_under_a_gigaflop():
+    import keras
+
+    from train.models import build_model, count_flops
+
+    unet = build_model("unet", 128, 128, 151, base_filters=16)
+    convs = [layer for layer in unet.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs[-1].filters == 151 and convs[-2].filters == 16  # head reads the 16 (64 at full size) channels
+    lite = build_model("unet-lite", 192, 256, 12)
+    assert count_flops(lite) < 1e9
+    assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in lite.layers)
+    assert lite.output.shape[1:] == (192, 256, 12)
+
+
+def _radam_reference(grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-7, threshold=5.0):
+    """Liu et al. 2020, Algorithm 2, written out in plain numpy."""
+    theta, m, v = 1.0, 0.0, 0.0
+    rho_inf = 2 / (1 - b2) - 1
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat = m / (1 - b1**t)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho > threshold:
+            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            theta -= lr * r * m_hat / (np.sqrt(v / (1 - b2**t)) + eps)
+        else:
+            theta -= lr * m_hat
+    return theta
+
+
+def test_rectified_adam_matches_the_paper():
+    import keras
+
+    from train.optim import RectifiedAdam
+
+    grads = np.random.default_rng(0).normal(size=20)
+    variable = keras.Variable(np.array([1.0], np.float32))
+    optimizer = RectifiedAdam(learning_rate=1e-3)
+    for g in grads:
+        optimizer.apply_gradients([(np.array([g], np.float32), variable)])
+    assert float(variable.numpy()[0]) == pytest.approx(_radam_reference(grads), abs=1e-6)
+
+
+def test_loss_decreases_on_a_repeated_real_batch(camvid):
+    import keras
+
+    from edgeseg.dataset import list_pairs
+    from train.data import load_example
+    from train.losses import MaskedCrossEntropy
+    from train.models import build_model
+    from train.optim import RectifiedAdam
+
+    keras.utils.set_random_seed(0)
+    pairs = list_pairs(camvid, "training", 4)
+    batch = [load_example(i, m, InputSpec(64, 96), 12) for i, m in zip(pairs.images, pairs.masks)]
+    x, y = np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])
+    model = build_model("unet-lite", 64, 96, 12, width_multiplier=0.5)
+    model.compile(optimizer=RectifiedAdam(1e-2), loss=MaskedCrossEntropy())
+    losses = [float(model.train_on_batch(x, y)) for _ in range(25)]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_short_real_training_run_writes_everything(tiny_run):
+    for name in ("config.yaml", "best.keras", "best.keras.json", "history.csv", "training_curves.png",
+                 "eval.json", "labels.json"):
+        assert (tiny_run / name).is_file(), name
+    assert len(list((tiny_run / "samples").glob("epoch_*.png"))) >= 1
+    assert list((tiny_run / "tensorboard").rglob("*"))
+    with open(tiny_run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+
+
+def test_best_checkpoint_is_never_replaced_by_a_worse_one(tmp_path):
+    import keras
+
+    from train.callbacks import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    path = tmp_path / "best.keras"
+    first = BestCheckpoint(path)
+    first.set_model(model)
+    first.on_epoch_end(0, {"val_miou": 0.5})
+    saved = path.read_bytes()
+    # A new run (or a resumed one) in the same folder remembers 0.5 and refuses worse models.
+    second = BestCheckpoint(path)
+    second.set_model(model)
+    second.on_epoch_end(0, {"val_miou": 0.4})
+    assert path.read_bytes() == saved and second.best == 0.5
+    second.on_epoch_end(1, {"val_miou": 0.6})
+    assert second.best == 0.6 and '"value": 0.6' in (tmp_path / "best.keras.json").read_text()
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_resumes_where_it_stopped(tmp_path, camvid):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "train", "--data-dir", str(camvid), "--run-dir", str(run_dir),
+               "--architecture", "unet-lite", "--height", "64", "--width", "96", "--epochs", "4",
+               "--batch-size", "8", "--max-examples", "24"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run_dir / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if history.is_file() and len(history.read_text().strip().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(history.read_text().strip().splitlines()) - 1
+    assert 2 <= done < 4
+    assert (run_dir / "backup").is_dir()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(history) as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == list(range(4)), epochs  # no epoch repeated or skipped: at most the running one lost
+    assert not (run_dir / "backup").exists()  # removed after a completed run
+
+
+def test_train_cli_errors_are_one_line(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cases = [
+        (["--config", str(tmp_path / "missing.yaml")], "not found"),
+        (["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r")], "does not exist"),
+        (["--data-dir", str(shared("camvid")), "--architecture", "unet-lite", "--height", "100"], "nearest valid size"),
+        (["--data-dir", str(shared("camvid")), "--architecture", "resnet"], "choose one of"),
+    ]
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epochs: 3\nepoch: 4\n")
+    cases.append((["--config", str(bad_yaml)], "unknown keys ['epoch']"))
+    for args, fragment in cases:
+        result = subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and fragment in errors[0], result.stderr[-1500:]
+        assert "Traceback" not in result.stderr
