@@ -235,5 +235,5 @@ def test_eval_is_perfect_when_truth_is_the_prediction(tiny_tflite, tmp_path):
 
 def test_eval_on_real_camvid_and_bad_dataset(tiny_tflite, camvid, tmp_path):
     report = json.loads(invoke("eval", "-m", tiny_tflite["int8"], "-d", camvid, "--max-images", 6, "--json").stdout)
-    assert report["images"] == 6 and 0.0 < report["miou"] < 1.0 and report["pixel_accuracy"] > 0.15
+    assert report["images"] == 6 and 0.0 < report["miou"] < 1.0 and report["pixel_accuracy"] > 0.3
     assert_clean_error(invoke("eval", "-m", tiny_tflite["int8"], "-d", tmp_path), "does not exist")

@@ -1,0 +1,139 @@
+"""`python -m convert` on a tiny model trained on real CamVid images."""
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeseg.metadata import read_metadata
+from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+runner = CliRunner()
+# The tiny test model is trained for one minute and its logits are close together, so int8
+# flips more pixels than on the real bundled model (whose numbers are in models/MODEL_CARD.md).
+TINY_THRESHOLDS = ("--min-agreement", 0.8, "--max-miou-drop", 0.03)
+
+
+def convert_cli(*args):
+    from convert.__main__ import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code != 0, result.output
+    lines = [p.strip() for p in re.split(r"[\r\n]", result.stderr) if p.strip().startswith("error")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, camvid, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    result = convert_cli("--model", tiny_run / "best.keras", "--quantize", "all", "--calib-data", camvid,
+                         "--eval-data", camvid, "--num-calib", 16, "--num-eval", 8, "--out-dir", out, "--name", "tiny",
+                         *TINY_THRESHOLDS)
+    assert result.exit_code == 0, result.output + result.stderr
+    return out
+
+
+def test_all_writes_float16_int8_and_reports(exported):
+    report = json.loads((exported / "tiny_report.json").read_text())
+    modes = {row["mode"]: row for row in report["models"]}
+    assert set(modes) == {"float16", "int8"}
+    assert (exported / "tiny_float16.tflite").is_file() and (exported / "tiny_int8.tflite").is_file()
+    assert modes["int8"]["size_bytes"] < modes["float16"]["size_bytes"]
+    v8, v16 = modes["int8"]["verification"], modes["float16"]["verification"]
+    assert (v8["input_dtype"], v8["output_dtype"]) == ("int8", "int8")
+    assert (v16["input_dtype"], v16["output_dtype"]) == ("float32", "float32")
+    assert v16["agreement"] > 0.98 and v16["prob_error_mean"] < 0.01
+    assert v8["agreement"] > 0.8 and abs(v8["miou_drop"]) < 0.03
+    assert report["calibration"]["count"] == 16 and report["evaluation"]["images"] == 8
+    md = (exported / "tiny_report.md").read_text()
+    assert "| `tiny_int8.tflite` |" in md and "Per-class IoU" in md
+
+
+def test_metadata_travels_and_the_runtime_reads_it(exported):
+    meta = read_metadata((exported / "tiny_int8.tflite").read_bytes())
+    assert meta.labels.name == "camvid" and meta.input.size_hw == (64, 96) and meta.output == "logits"
+    assert meta.provenance["quantization"] == "int8" and "16 images" in meta.provenance["calibration"]
+    seg = Segmenter(SegmenterOptions(exported / "tiny_int8.tflite"))
+    assert seg.labels.names[4] == "road"
+
+
+def test_uint8_io_and_argmax(tiny_run, camvid, tmp_path):
+    result = convert_cli("--model", tiny_run / "best.keras", "--quantize", "int8", "--io-type", "uint8", "--argmax",
+                         "--calib-data", camvid, "--eval-data", camvid, "--num-calib", 8, "--num-eval", 4,
+                         "--out-dir", tmp_path, "--name", "cm", *TINY_THRESHOLDS)
+    assert result.exit_code == 0, result.output + result.stderr
+    seg = Segmenter(SegmenterOptions(tmp_path / "cm_int8.tflite"))
+    assert seg.info.input.dtype == "uint8" and seg.info.output_kind == "class_map"
+    report = json.loads((tmp_path / "cm_report.json").read_text())
+    assert report["argmax"]["invoke_ms_with_argmax"] > 0 and report["argmax"]["host_argmax_ms"] > 0
+
+
+def test_broken_calibration_trips_the_thresholds(tiny_run, camvid, tmp_path):
+    constant = tmp_path / "constant"
+    constant.mkdir()
+    for index in range(8):
+        cv2.imwrite(str(constant / f"{index}.png"), np.full((360, 480, 3), 10 * index, np.uint8))
+    out = tmp_path / "out"
+    result = convert_cli("--model", tiny_run / "best.keras", "--quantize", "int8", "--calib-data", constant,
+                         "--eval-data", camvid, "--num-calib", 8, "--num-eval", 6, "--out-dir", out, "--name", "bad",
+                         "--fallback", "int16x8", *TINY_THRESHOLDS)
+    message = one_error_line(result)
+    assert "bad_int8.failed.tflite" in message and ("agreement" in message or "mIoU drop" in message)
+    assert not (out / "bad_int8.tflite").exists()  # nothing deployable-looking is left
+    report = json.loads((out / "bad_report.json").read_text())
+    int8 = report["models"][0]
+    assert not int8["passed"] and int8["worst_layers"]  # the quantisation debugger named layers
+    assert report["models"][1]["mode"] == "int16x8"
+
+
+def test_bad_inputs_are_refused_without_leaving_models(tiny_run, camvid, tmp_path):
+    import keras
+
+    not_keras = tmp_path / "model.keras"
+    not_keras.write_text("not a model")
+    dynamic = tmp_path / "dynamic.keras"
+    x = keras.Input((None, None, 3))
+    keras.Model(x, keras.layers.Conv2D(4, 1)(x)).save(dynamic)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_annotations = tmp_path / "noann"
+    (no_annotations / "images" / "validation").mkdir(parents=True)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    model = tiny_run / "best.keras"
+    common = ["--eval-data", camvid, "--num-eval", 2]
+    cases = [
+        (["--model", not_keras, "--calib-data", camvid, "--out-dir", tmp_path / "o1", *common], "could not be loaded"),
+        (["--model", dynamic, "--calib-data", camvid, "--out-dir", tmp_path / "o2", *common], "dynamic spatial"),
+        (["--model", model, "--calib-data", empty, "--out-dir", tmp_path / "o3", *common], "holds no images"),
+        (["--model", model, "--calib-data", camvid, "--calib-split", "validation", "--num-calib", 500,
+          "--out-dir", tmp_path / "o4", *common], "lower --num-calib"),
+        (["--model", model, "--calib-data", camvid, "--eval-data", no_annotations, "--out-dir", tmp_path / "o5"],
+         "annotations"),
+        (["--model", model, "--calib-data", camvid, "--out-dir", blocker / "sub", *common], "cannot be created"),
+        (["--model", model, "--edgetpu", "--io-type", "float32", "--calib-data", camvid, "--out-dir", tmp_path / "o6",
+          *common], "--edgetpu"),
+        (["--model", model, "--quantize", "int8", "--out-dir", tmp_path / "o7", *common], "--calib-data"),
+    ]
+    for args, fragment in cases:
+        message = one_error_line(convert_cli(*args))
+        assert fragment in message, message
+    assert not list(tmp_path.rglob("*.tflite")) and not list(tmp_path.rglob("*.partial"))
+
+
+def test_edgetpu_export_prints_the_compiler_command(tiny_run, camvid, tmp_path):
+    result = convert_cli("--model", tiny_run / "best.keras", "--quantize", "int8", "--edgetpu", "--calib-data", camvid,
+                         "--eval-data", camvid, "--num-calib", 8, "--num-eval", 4, "--out-dir", tmp_path,
+                         "--name", "tpu", *TINY_THRESHOLDS)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "edgetpu_compiler --out_dir" in result.stdout
+    assert Segmenter(SegmenterOptions(tmp_path / "tpu_int8.tflite", device="cpu")).info.input.dtype == "uint8"
