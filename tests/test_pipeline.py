@@ -1,0 +1,102 @@
+"""Threaded pipeline: live sources drop stale frames, streams that stop, smoothing, overlay."""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import shared
+from edgeseg.errors import StreamError
+from edgeseg.labels import CAMVID
+from edgeseg.overlay import blend, class_shares, colourise, render
+from edgeseg.pipeline import PipelineOptions, run
+from edgeseg.segmenter import Segmenter, SegmenterOptions
+from edgeseg.sinks import VideoSink
+from edgeseg.sources import LiveSource, VideoFileSource
+
+
+class SlowConsumer(Segmenter):
+    """The real segmenter, made slower than the camera so frames pile up at the source."""
+
+    def infer(self, frame):
+        time.sleep(0.03)
+        return super().infer(frame)
+
+
+def test_live_source_drops_stale_frames_and_reports_them(tiny_tflite):
+    seg = SlowConsumer(SegmenterOptions(tiny_tflite["int8"]))
+    # A file read as fast as it decodes stands in for a camera that outpaces inference.
+    live = LiveSource(cv2.VideoCapture(str(shared("video", "vtest.avi"))), "fast camera")
+    with live:
+        stats = run(live, seg, PipelineOptions(max_frames=10), progress=False)
+    assert stats.frames == 10
+    assert stats.dropped > 10  # many frames arrived while one was being segmented; only the newest is used
+    assert live.captured >= stats.frames + stats.dropped - 1
+
+
+def test_camera_that_stops_mid_stream_keeps_what_was_recorded(tiny_tflite, tmp_path):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    capture = cv2.VideoCapture(str(shared("video", "car-detection.mp4")))
+    out = tmp_path / "rec.mp4"
+    with LiveSource(capture, "camera 0") as live:
+        sink = VideoSink(out, 12.5, (768, 432))
+        with pytest.raises(StreamError, match="ended early") as info:
+            run(live, seg, PipelineOptions(), sink=sink, progress=False)
+    assert info.value.frames_done > 0
+    assert out.is_file() and not (tmp_path / ".rec.partial.mp4").exists()
+
+
+def test_failure_mid_run_removes_the_partial_output(tiny_tflite, tmp_path):
+    class Exploding(Segmenter):
+        calls = 0
+
+        def infer(self, frame):
+            self.calls += 1
+            if self.calls == 5:
+                raise RuntimeError("boom")
+            return super().infer(frame)
+
+    seg = Exploding(SegmenterOptions(tiny_tflite["int8"]))
+    out = tmp_path / "x.mp4"
+    with VideoFileSource(shared("video", "vtest.avi")) as source:
+        sink = VideoSink(out, source.fps, (480, 360))
+        with pytest.raises(RuntimeError):
+            run(source, seg, PipelineOptions(), sink=sink, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_smoothing_reduces_flicker_on_a_real_clip(tiny_tflite):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    flicker = {}
+    for factor in (0.0, 0.7):
+        with VideoFileSource(shared("video", "vtest.avi")) as source:
+            flicker[factor] = run(source, seg, PipelineOptions(smooth=factor, max_frames=60), progress=False).flicker
+    assert flicker[0.0] > 0
+    assert flicker[0.7] < 0.8 * flicker[0.0], flicker
+
+
+def test_smoothing_refuses_class_map_models(tiny_tflite):
+    from edgeseg.errors import EdgesegError
+
+    seg = Segmenter(SegmenterOptions(tiny_tflite["argmax"]))
+    with VideoFileSource(shared("video", "vtest.avi")) as source:
+        with pytest.raises(EdgesegError, match="class scores"):
+            run(source, seg, PipelineOptions(smooth=0.5, max_frames=2), progress=False)
+
+
+def test_overlay_colours_blends_and_leaves_unlabelled_pixels_alone():
+    frame = cv2.imread(str(shared("images", "dog.jpg")))
+    class_map = np.zeros(frame.shape[:2], np.uint8)
+    class_map[:100] = 4  # road
+    palette = CAMVID.palette_bgr()
+    colour = colourise(class_map, palette)
+    assert tuple(colour[0, 0]) == (128, 64, 128)  # road is (128, 64, 128) in RGB and in BGR
+    mixed = blend(frame, colour, class_map, 0.5)
+    np.testing.assert_array_equal(mixed[200:], frame[200:])
+    expected = (frame[0, 0].astype(int) + np.array([128, 64, 128])) / 2
+    assert np.abs(mixed[0, 0].astype(int) - expected).max() <= 1
+    shares = class_shares(class_map, 12)
+    assert shares[4] == pytest.approx(100 / frame.shape[0])
+    drawn = render(frame, class_map, CAMVID, palette, 0.5, legend=True, hud_lines=["99.0 FPS"])
+    assert drawn.shape == frame.shape and not np.array_equal(drawn[:40, -150:], mixed[:40, -150:])
