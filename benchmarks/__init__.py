@@ -1,0 +1,1 @@
+"""`python -m benchmarks`: latency per model, thread count and device, kept per device."""

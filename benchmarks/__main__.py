@@ -1,0 +1,142 @@
+"""Benchmark TFLite models on this device and keep the results per device.
+
+    python -m benchmarks --model models/camvid_lite_int8.tflite --threads 1,2 --video ../shared/data/video/vtest.avi
+    python -m benchmarks report        # regenerate the tables, the chart and the README section
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer  # noqa: E402
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Latency per model, thread count and device; `report` regenerates tables and charts.")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"--threads {text!r} is not a list of positive integers; use e.g. 1,2,4")
+    return values
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="TFLite model (repeat for several)."),
+    threads: str = typer.Option("1,2", "--threads", help="Comma-separated thread counts."),
+    runs: int = typer.Option(200, "--runs", help="Timed runs per model and thread count."),
+    warmup: int = typer.Option(20, "--warmup", help="Untimed runs first."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Real clip: input frame and whole-pipeline FPS."),
+    keras_model: Optional[Path] = typer.Option(None, "--keras", help="Keras model for the TensorFlow baselines."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write this run as JSON here."),
+    device_name: Optional[str] = typer.Option(None, "--device-name", help="Name of this device in the tables."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Append to benchmarks/results/<device>.jsonl."),
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from benchmarks import measure
+    from benchmarks.fingerprint import fingerprint, governor_warning
+    from benchmarks.report import append_results, generate
+    from benchmarks.roofline import measure_peak
+    from edgeseg.errors import EdgesegError
+
+    if not model:
+        fail("no model given; pass --model path/to/model.tflite (repeat --model for several)")
+    try:
+        thread_counts = parse_threads(threads)
+    except ValueError as exc:
+        fail(str(exc))
+    if runs < 1 or warmup < 0:
+        fail(f"--runs must be at least 1 and --warmup at least 0 (got {runs} and {warmup})")
+    for path in model:
+        if not path.is_file():
+            fail(f"model {path} does not exist; pass the path of a .tflite file")
+    if keras_model is not None and not keras_model.exists():
+        fail(f"Keras model {keras_model} does not exist; pass RUN/best.keras or drop --keras")
+    try:
+        frame = measure.real_frame(video)
+        facts = fingerprint(device_name)
+        warning = governor_warning(facts)
+        if warning:
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+        peaks = measure_peak(max(thread_counts))
+        rows, pipeline = [], []
+        for path in model:
+            for count in thread_counts:
+                row = measure.bench_tflite(path, count, frame, runs, warmup)
+                rows.append(row)
+                typer.echo(f"{row['model']:<34} x{count}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f},"
+                           f" p99 {row['p99_ms']:.2f}, {row['fps']:.1f} FPS, {row['gops']:.2f} GOP,"
+                           f" {row['achieved_gops_per_s']:.1f} GOP/s")
+            if video is not None:
+                pipe = measure.bench_pipeline(path, max(thread_counts), video)
+                pipeline.append(pipe)
+                typer.echo(f"{pipe['model']:<34} pipeline on {pipe['video']}: {pipe['end_to_end_fps']:.1f} FPS"
+                           f" end-to-end vs {pipe['inference_only_fps']:.1f} inference-only"
+                           f" (ratio {pipe['ratio']:.2f})")
+        if keras_model is not None:
+            for row in measure.bench_keras(keras_model, frame, max(10, runs // 10), min(3, warmup)):
+                rows.append(row)
+                typer.echo(f"{row['model']:<34}: p50 {row['p50_ms']:.2f} ms, {row['fps']:.1f} FPS")
+    except EdgesegError as exc:
+        fail(str(exc))
+    ratios = _ratios(rows)
+    for text in ratios:
+        typer.echo(text)
+    typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()))
+    record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
+              "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios}
+    if json_out is not None:
+        json_out.write_text(json.dumps(record, indent=1))
+    if save:
+        path = append_results(record)
+        generate(readme=REPO / "README.md")
+        typer.echo(f"appended to {path}; tables and chart regenerated")
+
+
+def _ratios(rows: list[dict]) -> list[str]:
+    """Speed-ups measured in this run: int8 vs Keras predict and vs float32 TFLite."""
+    def best(predicate):
+        candidates = [r for r in rows if predicate(r)]
+        return min(candidates, key=lambda r: r["p50_ms"]) if candidates else None
+
+    int8 = best(lambda r: r.get("quantization") == "int8")
+    out = []
+    for label, other in (("Keras predict", best(lambda r: "predict" in r["model"])),
+                         ("Keras tf.function", best(lambda r: "tf.function" in r["model"])),
+                         ("TFLite float32", best(lambda r: r.get("quantization") == "float32")),
+                         ("TFLite float16", best(lambda r: r.get("quantization") == "float16"))):
+        if int8 and other:
+            out.append(f"int8 is {other['p50_ms'] / int8['p50_ms']:.1f}x faster than {label}"
+                       f" ({int8['p50_ms']:.2f} vs {other['p50_ms']:.2f} ms p50)")
+    return out
+
+
+@app.command()
+def report() -> None:
+    """Regenerate results/README.md, results/latency.png and the README table from stored results."""
+    from benchmarks.report import generate
+
+    typer.echo(generate(readme=REPO / "README.md"))
+
+
+if __name__ == "__main__":
+    sys.exit(app())

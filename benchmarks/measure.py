@@ -1,0 +1,130 @@
+"""Latency measurements: TFLite models per thread count, the Keras baselines, the whole pipeline."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.roofline import graph_ops
+from edgeseg.errors import InputError
+from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def summarize(times_ms: list[float]) -> dict:
+    values = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "mean_ms": float(values.mean()), "std_ms": float(values.std()),
+        "p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)), "fps": float(1000.0 / values.mean()),
+    }
+
+
+def real_frame(video: Path | None) -> np.ndarray:
+    """A real frame (seeded choice: the 10th frame) of the given clip or of the demo clip."""
+    from edgeseg.cli import demo_clip
+
+    path = video or demo_clip()
+    capture = cv2.VideoCapture(str(path))
+    frame = None
+    for _ in range(10):
+        ok, candidate = capture.read()
+        if not ok:
+            break
+        frame = candidate
+    capture.release()
+    if frame is None:
+        raise InputError(f"cannot read frames from {path}; pass a playable --video")
+    return frame
+
+
+def bench_tflite(model: Path, threads: int, frame: np.ndarray, runs: int, warmup: int) -> dict:
+    """Init, first-run and steady-state latency of invoke() (preprocessing excluded)."""
+    started = time.perf_counter()
+    seg = Segmenter(SegmenterOptions(model=model, threads=threads))
+    init_ms = (time.perf_counter() - started) * 1000
+    interpreter = seg._interpreter  # noqa: SLF001 - timing invoke alone
+    tensor = seg.prepare(frame)
+    index = seg._in["index"]  # noqa: SLF001
+    started = time.perf_counter()
+    interpreter.set_tensor(index, tensor)
+    interpreter.invoke()
+    first_ms = (time.perf_counter() - started) * 1000
+    for _ in range(warmup):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        interpreter.invoke()
+        times.append((time.perf_counter() - started) * 1000)
+    info = seg.info
+    quant = "int8" if info.input.dtype in ("int8", "uint8") else ("float16" if "float16" in model.name else "float32")
+    provenance_quant = info.provenance.get("quantization")
+    result = {
+        "model": model.name, "size_mb": round(model.stat().st_size / 1e6, 3),
+        "input": f"{info.input.shape[2]}x{info.input.shape[1]}", "io": f"{info.input.dtype}/{info.output.dtype}",
+        "quantization": provenance_quant or quant, "delegate": "edgetpu" if info.edgetpu else "xnnpack",
+        "threads": threads, "init_ms": init_ms, "first_ms": first_ms, "runs": runs,
+        **summarize(times), "peak_rss_mb": peak_rss_mb(), "gops": graph_ops(interpreter) / 1e9,
+    }
+    result["achieved_gops_per_s"] = result["gops"] / (result["p50_ms"] / 1000)
+    return result
+
+
+def bench_pipeline(model: Path, threads: int, video: Path, max_frames: int = 300) -> dict:
+    """Whole pipeline on a real clip (decode -> infer -> overlay -> encode) vs inference only."""
+    import tempfile
+
+    from edgeseg.pipeline import PipelineOptions, run
+    from edgeseg.sinks import VideoSink
+    from edgeseg.sources import VideoFileSource
+
+    seg = Segmenter(SegmenterOptions(model=model, threads=threads))
+    with tempfile.TemporaryDirectory() as tmp, VideoFileSource(video) as source:
+        first = source.read()
+        if first is None:
+            raise InputError(f"{video} has no frames")
+        sink = VideoSink(Path(tmp) / "bench.mp4", source.fps, (first.shape[1], first.shape[0]))
+        sink.write(first)
+        stats = run(source, seg, PipelineOptions(max_frames=max_frames), sink=sink, progress=False)
+    return {"model": model.name, "threads": threads, "video": video.name, "frames": stats.frames,
+            "end_to_end_fps": stats.fps, "inference_only_fps": stats.inference_fps,
+            "ratio": stats.fps / stats.inference_fps if stats.inference_fps else 0.0,
+            "inference_p50_ms": stats.inference_p50_ms}
+
+
+def bench_keras(keras_path: Path, frame: np.ndarray, runs: int, warmup: int) -> list[dict]:
+    """The tutorial's way (model.predict per frame) and a compiled tf.function call."""
+    import keras
+    import tensorflow as tf
+
+    import train.losses  # noqa: F401
+    import train.optim  # noqa: F401
+    from edgeseg.preprocess import InputSpec, preprocess
+
+    model = keras.models.load_model(keras_path, compile=False)
+    height, width = model.inputs[0].shape[1:3]
+    batch = preprocess(frame, InputSpec(height, width), bgr=True)[np.newaxis]
+    compiled = tf.function(lambda x: model(x, training=False), jit_compile=False)
+    rows = []
+    for name, call in (("keras predict", lambda: model.predict(batch, verbose=0)),
+                       ("keras tf.function", lambda: compiled(batch).numpy())):
+        for _ in range(warmup):
+            call()
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1000)
+        rows.append({"model": f"{keras_path.name} ({name})", "size_mb": round(keras_path.stat().st_size / 1e6, 3),
+                     "input": f"{width}x{height}", "quantization": "float32 (Keras)", "delegate": "tensorflow",
+                     "threads": None, "runs": runs, **summarize(times), "peak_rss_mb": peak_rss_mb()})
+    return rows

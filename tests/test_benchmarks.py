@@ -1,0 +1,81 @@
+"""Benchmark schema, percentiles, fingerprint, tables and chart from stored results."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.__main__ import app
+from benchmarks.fingerprint import fingerprint, governor_warning, slug
+from benchmarks.measure import summarize
+from benchmarks.report import generate, update_readme
+from conftest import shared
+
+runner = CliRunner()
+
+
+def test_percentiles_by_hand():
+    stats = summarize([float(v) for v in range(1, 101)])
+    assert stats["mean_ms"] == pytest.approx(50.5)
+    assert stats["p50_ms"] == pytest.approx(50.5) and stats["p90_ms"] == pytest.approx(90.1)
+    assert stats["p99_ms"] == pytest.approx(99.01) and stats["fps"] == pytest.approx(1000 / 50.5)
+
+
+def test_fingerprint_fields():
+    facts = fingerprint("test box")
+    for key in ("device", "cpu", "cores", "arch", "os", "python", "runtime", "pi_model", "governor", "edgetpu"):
+        assert key in facts
+    assert facts["device"] == "test box" and facts["cores"] >= 1 and "ai_edge_litert" in facts["runtime"]
+    assert "performance" in governor_warning({"governor": "ondemand"})
+    assert governor_warning({"governor": "performance"}) is None
+    assert slug("Raspberry Pi 5 Model B Rev 1.0") == "raspberry-pi-5-model-b-rev-1-0"
+
+
+def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatch):
+    import benchmarks.report as report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    out = tmp_path / "run.json"
+    result = runner.invoke(app, ["--model", str(tiny_tflite["int8"]), "--model", str(tiny_tflite["float32"]),
+                                 "--threads", "1,2", "--runs", "5", "--warmup", "1", "--json", str(out),
+                                 "--video", str(shared("video", "vtest.avi")), "--device-name", "ci box", "--no-save"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert len(record["rows"]) == 4 and len(record["pipeline"]) == 2
+    row = record["rows"][0]
+    for key in ("size_mb", "input", "quantization", "delegate", "init_ms", "first_ms", "mean_ms", "std_ms",
+                "p50_ms", "p90_ms", "p99_ms", "fps", "peak_rss_mb", "gops", "achieved_gops_per_s"):
+        assert key in row, key
+    assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["input"] == "96x64"
+    assert record["peak_gops"]["int8"] > 0 and record["peak_gops"]["float32"] > 0
+    assert 0 < record["pipeline"][0]["ratio"] <= 1.5
+    assert any("faster than TFLite float32" in text for text in record["ratios"])
+
+    report.append_results(record, tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmarks:start -->\nold\n<!-- benchmarks:end -->\noutro\n")
+    table = generate(tmp_path / "results", readme=readme, reports_dir=tmp_path)
+    assert "| ci box | tiny_int8.tflite | int8 | 1 |" in table
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "ci box" in text
+    chart = cv2.imread(str(tmp_path / "results" / "latency.png"))
+    assert chart is not None and chart.shape[0] > 100 and (chart < 250).any()
+    assert not update_readme(readme, table)  # idempotent
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model", "missing.tflite"], "does not exist"),
+    (["--threads", "two"], "positive integers"),
+    (["--threads", "0"], "positive integers"),
+    (["--runs", "0"], "--runs must be at least 1"),
+    (["--video", "/nonexistent.mp4"], "does not exist"),
+    ([], "no model given"),
+])
+def test_bad_input(tiny_tflite, args, fragment):
+    base = [] if not args or args[0] == "--model" else ["--model", str(tiny_tflite["int8"])]
+    result = runner.invoke(app, base + args + ["--no-save", "--runs", "1"] if "--runs" not in args else base + args + ["--no-save"])
+    assert result.exit_code != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
