@@ -33,6 +33,8 @@ def real_frame(video: Path | None) -> np.ndarray:
     from edgeseg.cli import demo_clip
 
     path = video or demo_clip()
+    if not path.is_file():
+        raise InputError(f"video {path} does not exist; pass a playable --video")
     capture = cv2.VideoCapture(str(path))
     frame = None
     for _ in range(10):

@@ -1,0 +1,60 @@
+"""The bundled model and `edgeseg demo`: what a newcomer sees first."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO, shared
+from edgeseg.cli import app
+
+MODELS = REPO / "models"
+CARD = json.loads((MODELS / "camvid_lite_card.json").read_text())
+
+
+def test_bundled_model_is_small_and_carries_its_metadata():
+    from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+    path = MODELS / "camvid_lite_int8.tflite"
+    assert path.stat().st_size < 5_000_000
+    seg = Segmenter(SegmenterOptions(path))
+    assert seg.info.metadata_embedded and seg.labels.name == "camvid"
+    assert (seg.spec.height, seg.spec.width) == (192, 256)
+    assert seg.info.input.dtype == "int8"
+
+
+@pytest.mark.slow
+def test_bundled_model_reaches_its_stated_miou_without_tensorflow():
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from edgeseg.cli import app\n"
+        f"r = CliRunner().invoke(app, ['eval', '-m', r'{MODELS / 'camvid_lite_int8.tflite'}', '-d',"
+        f" r'{shared('camvid')}', '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert not any(m.startswith('tensorflow') for m in sys.modules)\n"
+        "print(r.stdout)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["images"] == 101
+    assert abs(report["miou"] - CARD["int8"]["val_miou"]) <= 0.005, (report["miou"], CARD)
+
+
+@pytest.mark.slow
+def test_demo_writes_a_playable_video_with_every_frame_and_a_contact_sheet(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "FPS" in result.stdout
+    capture = cv2.VideoCapture(str(tmp_path / "demo.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == 250  # bikes.mp4 has 250 frames
+    assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 640 and capture.get(cv2.CAP_PROP_FRAME_HEIGHT) == 272
+    sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 960
