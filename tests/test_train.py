@@ -202,6 +202,19 @@ def test_train_cli_errors_are_one_line(tmp_path):
         (["--data-dir", str(shared("camvid")), "--architecture", "unet-lite", "--height", "100"], "nearest valid size"),
         (["--data-dir", str(shared("camvid")), "--architecture", "resnet"], "choose one of"),
     ]
+    # A dataset whose classes.csv lists 5 classes while its masks hold labels up to 11.
+    small = tmp_path / "small"
+    camvid = shared("camvid")
+    for split in ("training", "validation"):
+        (small / "images" / split).mkdir(parents=True)
+        (small / "annotations" / split).mkdir(parents=True)
+        for image in sorted((camvid / "images" / split).glob("*.jpg"))[:8]:
+            (small / "images" / split / image.name).write_bytes(image.read_bytes())
+            mask = camvid / "annotations" / split / (image.stem + ".png")
+            (small / "annotations" / split / mask.name).write_bytes(mask.read_bytes())
+    (small / "classes.csv").write_text("index,name\n0,void\n1,a\n2,b\n3,c\n4,d\n")
+    cases.append((["--data-dir", str(small), "--run-dir", str(tmp_path / "r2"), "--architecture", "unet-lite",
+                   "--height", "64", "--width", "96", "--epochs", "1", "--batch-size", "4"], "only 5 classes"))
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("epochs: 3\nepoch: 4\n")
     cases.append((["--config", str(bad_yaml)], "unknown keys ['epoch']"))
