@@ -18,9 +18,21 @@ LEGEND_MAX_ROWS = 12
 PANEL_ALPHA = 0.55  # opacity of the dark panels behind text
 
 
+def palette_lut(palette_bgr: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` palette -> the ``(256, 1, 3)`` table `cv2.LUT` takes (unused entries black)."""
+    lut = np.zeros((256, 1, 3), np.uint8)
+    lut[: len(palette_bgr), 0] = palette_bgr[:256]
+    return lut
+
+
 def colourise(class_map: np.ndarray, palette_bgr: np.ndarray) -> np.ndarray:
-    """Class-index map ``(H, W)`` -> BGR image through a ``(N, 3)`` palette lookup table."""
-    return palette_bgr[class_map]
+    """Class-index map ``(H, W)`` uint8 -> BGR image through the palette.
+
+    `cv2.LUT` on a 3-channel view is about 10x faster than numpy fancy indexing here.
+    """
+    if class_map.dtype != np.uint8 or len(palette_bgr) > 256:
+        return palette_bgr[class_map]
+    return cv2.LUT(cv2.merge((class_map, class_map, class_map)), palette_lut(palette_bgr))
 
 
 def blend(frame: np.ndarray, colour: np.ndarray, class_map: np.ndarray, alpha: float) -> np.ndarray:
@@ -90,11 +102,20 @@ def render(
     legend: bool = True,
     hud_lines: list[str] | None = None,
 ) -> np.ndarray:
-    """Full overlay of one frame: blended mask, legend of present classes, HUD text."""
-    colour = colourise(class_map, palette_bgr)
+    """Full overlay of one frame: blended mask, legend of present classes, HUD text.
+
+    `class_map` may be at model resolution: it is coloured small and the colour image resized
+    to the frame with nearest neighbour (the same pixels as upscaling the labels, less work).
+    """
+    size = (frame.shape[1], frame.shape[0])
+    small = class_map
+    colour = colourise(small, palette_bgr)
+    if small.shape != frame.shape[:2]:
+        colour = cv2.resize(colour, size, interpolation=cv2.INTER_NEAREST)
+        class_map = cv2.resize(small, size, interpolation=cv2.INTER_NEAREST)
     out = blend(frame, colour, class_map, alpha)
     if legend:
-        draw_legend(out, class_shares(class_map, labels.num_classes), labels, palette_bgr)
+        draw_legend(out, class_shares(small, labels.num_classes), labels, palette_bgr)
     if hud_lines:
         draw_hud(out, hud_lines)
     return out

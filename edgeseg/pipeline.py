@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError, StreamError
 from edgeseg.overlay import render
-from edgeseg.segmenter import Segmenter, upscale
+from edgeseg.segmenter import Segmenter
 from edgeseg.sinks import VideoSink
 from edgeseg.sources import FrameSource
 
@@ -150,8 +150,7 @@ def run(
                 dt, fps_clock["t"] = now - fps_clock["t"], now
                 fps_clock["fps"] = 0.9 * fps_clock["fps"] + 0.1 * (1.0 / dt if dt > 0 else 0.0)
                 hud = [f"{fps_clock['fps']:.1f} FPS", f"inference {infer_ms:.1f} ms"] if options.hud else None
-                image = render(frame, upscale(class_map, frame.shape[:2]), labels, palette, options.alpha,
-                               options.legend, hud)
+                image = render(frame, class_map, labels, palette, options.alpha, options.legend, hud)
                 if sink is not None:
                     sink.write(image)
                 latest["image"] = image
