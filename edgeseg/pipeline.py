@@ -194,23 +194,13 @@ def run(
             if options.duration and time.perf_counter() - started >= options.duration:
                 break
     except BaseException:
-        stop.set()
-        drawn.put(_END)
+        _shutdown(stop, drawn, frames_in, threads)
         if sink is not None:
             sink.abort()
         raise
     finally:
         bar.close()
-    stop.set()
-    drawn.put(_END)
-    for thread in threads:
-        if thread.name == "read":
-            while thread.is_alive():  # drain so a blocked reader can see `stop`
-                try:
-                    frames_in.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-        thread.join()
+    _shutdown(stop, drawn, frames_in, threads)
     seconds = time.perf_counter() - started
     if errors:
         if sink is not None:
@@ -226,6 +216,22 @@ def run(
         raise StreamError(f"{source.name} ended early after {truncated_at} frames (truncated file or lost"
                           f" stream){where}; check the source", frames_done=frames)
     return stats
+
+
+def _shutdown(stop: threading.Event, drawn: "queue.Queue", frames_in: "queue.Queue",
+              threads: list[threading.Thread]) -> None:
+    """Stop and join the reader and drawer before the caller releases the source or the sink
+    (releasing a capture while a thread is inside read() crashes the decoder)."""
+    stop.set()
+    drawn.put(_END)
+    for thread in threads:
+        if thread.name == "read":
+            while thread.is_alive():  # drain so a reader blocked on a full queue can see `stop`
+                try:
+                    frames_in.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+        thread.join()
 
 
 def _stats(frames: int, dropped: int, seconds: float, inference_ms: list[float], changed: list[float],
