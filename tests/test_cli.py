@@ -208,7 +208,9 @@ def test_eval_matches_a_hand_computed_confusion_matrix(tiny_tflite, tmp_path):
     # model did not call 11.
     total = sum(t.size for t in truths) - 900
     wrong = int(np.count_nonzero(pred[0][block] != 11))
-    assert report["pixel_accuracy"] == pytest.approx((total - wrong) / total, abs=1e-6)
+    # Tolerance of a few pixels in 345,600: the JSON rounds to 6 digits and a pixel on an int8
+    # tie can differ between two interpreter instances; the edited block is 2,000 pixels.
+    assert report["pixel_accuracy"] == pytest.approx((total - wrong) / total, abs=2e-5)
     # mIoU by hand: per class, TP / (TP + FP + FN) over labelled pixels only.
     ious = []
     for c in range(1, 12):
@@ -220,7 +222,7 @@ def test_eval_matches_a_hand_computed_confusion_matrix(tiny_tflite, tmp_path):
             fn += int(np.count_nonzero((t == c) & (p != c)))
         if tp + fp + fn:
             ious.append(tp / (tp + fp + fn))
-    assert report["miou"] == pytest.approx(sum(ious) / len(ious), abs=1e-6)
+    assert report["miou"] == pytest.approx(sum(ious) / len(ious), abs=2e-4)
     assert report["per_class"]["bicyclist"] < 1.0 and len(report["per_class"]) == len(ious)
 
 
