@@ -203,7 +203,6 @@ def image(
     legend: bool = LegendOpt,
 ) -> None:
     """Overlay and raw class-index PNG (pixel value = class index) for each image."""
-    import cv2
     import numpy as np
 
     from edgeseg.overlay import render
@@ -221,7 +220,6 @@ def image(
         present = np.unique(class_map)
         names = ", ".join(segmenter.labels.names[i] for i in present if i)
         typer.echo(f"{path.name}: {segmenter.last_inference_ms:.1f} ms, classes: {names or '-'}")
-    del cv2
 
 
 def _read_image(path: Path):
@@ -262,9 +260,9 @@ def evaluate_command(
 ) -> None:
     """mIoU, pixel accuracy and per-class IoU of a .tflite on a dataset (label 0 ignored)."""
     from edgeseg.dataset import list_pairs, resolve_labels
-    from edgeseg.evaluate import evaluate
-    from edgeseg.preprocess import resize_mask  # noqa: F401 - evaluation resizes to each mask
     import cv2
+
+    from edgeseg.evaluate import evaluate
 
     segmenter = _segmenter(model, threads, device)
     label_set = segmenter.labels if labels == "model" else resolve_labels(data, labels)
