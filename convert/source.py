@@ -94,7 +94,7 @@ def load_source(path: Path) -> SourceModel:
         raise ConvertError(f"{path} is not a Keras model (.keras) or SavedModel folder; pass RUN/best.keras")
     try:
         import train.losses  # noqa: F401 - registers the custom loss/metrics the checkpoint names
-        import train.optim  # noqa: F401
+        import train.optim  # noqa: F401 - registers RectifiedAdam
 
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file

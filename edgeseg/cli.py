@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from edgeseg.errors import EdgesegError, InputError, OutputError, StreamError
+from edgeseg.errors import EdgesegError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time semantic segmentation with TFLite models (no TensorFlow needed).")
@@ -92,30 +92,24 @@ def _display(headless: bool):
     return show
 
 
-def _run_stream(source, model, threads, device, output, headless, alpha, legend, hud, smooth, max_frames,
-                duration):
+def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration):
+    """Run the pipeline on an opened source; a StreamError (source ended early) reaches the
+    command's error handler after the sink has been finished with the frames read."""
     from edgeseg.pipeline import PipelineOptions, run
     from edgeseg.sinks import VideoSink
 
-    segmenter = _segmenter(model, threads, device)
     options = PipelineOptions(alpha=alpha, legend=legend, hud=hud, smooth=smooth, max_frames=max_frames,
                               duration=duration)
     show = _display(headless)
     with source:
-        first_size = None
         sink = None
         if output is not None:
             first = source.read()
             if first is None:
                 raise InputError(f"{source.name} gave no frame; check the source")
-            first_size = (first.shape[1], first.shape[0])
-            sink = VideoSink(output, source.fps, first_size)
+            sink = VideoSink(output, source.fps, (first.shape[1], first.shape[0]))
             source = _Prepend(source, first)
-        try:
-            stats = run(source, segmenter, options, sink=sink, show=show)
-        except StreamError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(exc.exit_code) from None
+        stats = run(source, segmenter, options, sink=sink, show=show)
     typer.echo(stats.summary())
     if output is not None:
         typer.echo(f"wrote {output}")
@@ -157,14 +151,14 @@ def camera(
     """Segment a live camera; stale frames are dropped so the overlay never lags. Press q to quit."""
     from edgeseg.sources import open_camera, wait_for_first_frame
 
-    _segmenter(model, threads, device)  # fail on a bad model before touching the camera
+    segmenter = _segmenter(model, threads, device)  # fail on a bad model before touching the camera
     source = open_camera(camera)
     try:
         wait_for_first_frame(source)
     except InputError:
         source.close()
         raise
-    _run_stream(source, model, threads, device, output, headless, alpha, legend, hud, smooth, max_frames, duration)
+    _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration)
 
 
 @app.command()
@@ -186,9 +180,8 @@ def video(
     """Segment every frame of a video file (same frame count, size and fps out) or a stream."""
     from edgeseg.sources import open_source
 
-    _segmenter(model, threads, device)
-    _run_stream(open_source(source), model, threads, device, output, headless, alpha, legend, hud, smooth,
-                max_frames, duration)
+    segmenter = _segmenter(model, threads, device)  # fail on a bad model before opening the source
+    _run_stream(open_source(source), segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration)
 
 
 @app.command()
@@ -331,8 +324,8 @@ def demo(
     clip = source or demo_clip()
     check_writable_dir(output)
     video_path = output / "demo.mp4"
-    stats = _run_stream(VideoFileSource(clip), model, threads, Device.auto, video_path, True, 0.5, True, True,
-                        0.0, 0, 0.0)
+    stats = _run_stream(VideoFileSource(clip), _segmenter(model, threads, Device.auto), video_path, True, 0.5,
+                        True, True, 0.0, 0, 0.0)
     sheet = output / "contact_sheet.png"
     write_image(sheet, contact_sheet(clip, video_path))
     typer.echo(f"wrote {sheet}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -165,30 +164,19 @@ class Segmenter:
         self.labels, self.spec = labels, spec
         self.palette_bgr = labels.palette_bgr()
         self._in_dtype = np.dtype(in_info.dtype)
-        self._lut = self._quantize_lut(in_info) if in_info.quantized else None
+        self._lut = _quantize_lut(spec, in_info) if in_info.quantized else None
+        # One table serves all channels when the normalisation is the same for each (the usual case).
+        same = self._lut is not None and bool((self._lut == self._lut[:, :1]).all())
+        self._shared_lut = self._lut[:, 0].copy() if same else None
         self.last_inference_ms = 0.0
-
-    @staticmethod
-    def _quantize_lut_for(spec: InputSpec, info: TensorInfo) -> np.ndarray:
-        pixels = np.arange(256, dtype=np.float32)[:, np.newaxis].repeat(3, axis=1)
-        real = normalize(pixels, spec)
-        limits = np.iinfo(np.dtype(info.dtype))
-        return np.clip(np.round(real / info.scale + info.zero_point), limits.min, limits.max).astype(info.dtype)
-
-    def _quantize_lut(self, info: TensorInfo) -> np.ndarray:
-        """256-entry table per channel: uint8 pixel -> quantised model input, exactly as
-        normalise-then-quantise would give, with clipping before the cast."""
-        return self._quantize_lut_for(self.spec, info)
 
     def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Frame -> model input tensor ``(1, H, W, 3)`` in the input's own dtype."""
         pixels = prepare_pixels(frame_bgr, self.spec, bgr=True)
-        if self._lut is not None:
-            lut = self._lut
-            if (lut == lut[:, :1]).all():
-                tensor = lut[:, 0][pixels]
-            else:
-                tensor = np.stack([lut[:, c][pixels[..., c]] for c in range(3)], axis=-1)
+        if self._shared_lut is not None:
+            tensor = self._shared_lut[pixels]
+        elif self._lut is not None:
+            tensor = np.stack([self._lut[:, c][pixels[..., c]] for c in range(3)], axis=-1)
         else:
             tensor = normalize(pixels, self.spec).astype(self._in_dtype, copy=False)
         return tensor[np.newaxis]
@@ -225,6 +213,15 @@ class Segmenter:
     def segment(self, frame_bgr: np.ndarray) -> np.ndarray:
         """BGR frame -> ``(h, w)`` uint8 class map at the model's output resolution."""
         return self.classes(self.infer(frame_bgr))
+
+
+def _quantize_lut(spec: InputSpec, info: TensorInfo) -> np.ndarray:
+    """``(256, 3)`` table: uint8 pixel -> quantised model input per channel, exactly what
+    normalise-then-quantise gives, clipped to the dtype's range before the cast."""
+    pixels = np.arange(256, dtype=np.float32)[:, np.newaxis].repeat(3, axis=1)
+    real = normalize(pixels, spec)
+    limits = np.iinfo(np.dtype(info.dtype))
+    return np.clip(np.round(real / info.scale + info.zero_point), limits.min, limits.max).astype(info.dtype)
 
 
 def upscale(class_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -1,7 +1,5 @@
 """The runtime's model handling, checked against Keras on real frames."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

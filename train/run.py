@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edgeseg.labels import LabelSet
 from edgeseg.dataset import read_image_rgb
 from edgeseg.evaluate import evaluate
 from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
