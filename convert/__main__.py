@@ -35,6 +35,7 @@ class IOType(str, Enum):
 class Fallback(str, Enum):
     none = "none"
     int16x8 = "int16x8"
+    float_head = "float-head"
 
 
 @app.command()
@@ -56,7 +57,9 @@ def main(
     name: Optional[str] = typer.Option(None, "--name", help="Output base name (default: the model's folder name)."),
     min_agreement: float = typer.Option(0.97, "--min-agreement", help="Fail when pixel agreement with Keras is lower."),
     max_miou_drop: float = typer.Option(0.02, "--max-miou-drop", help="Fail when mIoU drops more than this (fraction)."),
-    fallback: Fallback = typer.Option(Fallback.none, "--fallback", help="If int8 fails: also try 16x8 quantisation."),
+    fallback: Fallback = typer.Option(Fallback.none, "--fallback",
+                                      help="If int8 fails: also try int16x8 (16-bit activations) or float-head"
+                                           " (int8 body, float last conv and I/O)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration image selection."),
 ) -> None:
     """Export float16 / int8 TFLite models with embedded metadata and verify them against Keras."""

@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class Mode:
     ops: tuple = (tf.lite.OpsSet.TFLITE_BUILTINS,)
     calibrated: bool = False
     integer_io: bool = False
+    float_head: bool = False
 
 
 MODES: dict[str, Mode] = {
@@ -35,6 +37,9 @@ MODES: dict[str, Mode] = {
     "int16x8": Mode("int16x8", optimize=True,
                     ops=(tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,),
                     calibrated=True),
+    # Fallback: int8 everywhere except the ops from the last convolution to the output, which stay
+    # float (float I/O). For networks whose logits are too close between classes for an int8 grid.
+    "float-head": Mode("float-head", optimize=True, calibrated=True, float_head=True),
 }
 
 IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
@@ -67,12 +72,45 @@ def convert(source: SourceModel, mode_name: str, io_type: str = "int8", represen
     converter = make_converter(source, mode, io_type, representative, argmax)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every traced tensor spec
+            if mode.float_head:
+                return _convert_float_head(converter, representative)
             return converter.convert()
     except ConvertError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises assorted types
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise ConvertError(f"TFLite conversion to {mode_name} failed: {lines[-1][:200] if lines else exc}") from exc
+
+
+def head_ops(model: bytes) -> list[str]:
+    """Output tensor names of the ops from the model's last CONV_2D to its output, in model order.
+
+    Walks back from the (single) output through each op's first input until a convolution.
+    """
+    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice; the converter needs TF anyway
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=model)
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only API listing op types and tensors
+    producer = {tensor: op for op in ops for tensor in op["outputs"]}
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    tensor = interpreter.get_output_details()[0]["index"]
+    chain: list[str] = []
+    while tensor in producer:
+        op = producer[tensor]
+        chain.append(names[op["outputs"][0]])
+        if op["op_name"] == "CONV_2D" or len(op["inputs"]) == 0:
+            return chain[::-1]
+        tensor = op["inputs"][0]
+    raise ConvertError("float-head fallback: no convolution found before the model output; use --fallback int16x8")
+
+
+def _convert_float_head(converter, representative) -> bytes:
+    """Calibrate once, then quantise with the head ops denylisted (TF's selective quantisation,
+    through the public QuantizationDebugger; the first pass only finds the head's op names)."""
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative)
+    float_head = head_ops(debugger.calibrated_model)
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_head)
+    return debugger.get_nondebug_quantized_model()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -47,7 +47,14 @@ class ConvertOptions:
 
 def _check(verification: dict, options: ConvertOptions) -> tuple[bool, str]:
     if verification["agreement"] < options.min_agreement:
-        return False, (f"agreement {100 * verification['agreement']:.2f}% < {100 * options.min_agreement:.1f}%")
+        reason = f"agreement {100 * verification['agreement']:.2f}% < {100 * options.min_agreement:.1f}%"
+        ceiling = verification.get("grid_ceiling")
+        if ceiling is not None and ceiling < options.min_agreement:
+            reason += (f" (the Keras logits themselves, rounded to the output's step {verification['output_step']:.3g},"
+                       f" keep only {100 * ceiling:.2f}%: {100 * verification['below_step_share']:.1f}% of pixels are"
+                       " closer to the runner-up class than one step, so no calibration can pass; use --fallback"
+                       " float-head or int16x8, or retrain a more decisive network, e.g. unet with batch_norm: true)")
+        return False, reason
     if verification["miou_drop"] > options.max_miou_drop:
         return False, (f"mIoU drop {100 * verification['miou_drop']:.2f} points > {100 * options.max_miou_drop:.1f}")
     return True, ""
@@ -127,7 +134,7 @@ def run(options: ConvertOptions) -> dict:
                 representative)
         report["models"].append(row)
         if not row["passed"] and mode == "int8" and options.fallback != "none":
-            report["models"].append(export_one(options.fallback, options.fallback))
+            report["models"].append(export_one(options.fallback, options.fallback.replace("-", "_")))
 
     if options.argmax:
         report["argmax"] = _argmax_effect(source, options, representative)

@@ -40,6 +40,13 @@ def to_markdown(report: dict) -> str:
             f" | {_num(v['latency_ms_median'], 2)} | {'pass' if row['passed'] else 'FAIL: ' + row['reason']} |"
         )
     for row in report["models"]:
+        v = row["verification"]
+        if v.get("grid_ceiling") is not None:
+            lines += ["", f"Output grid of `{Path(row['path']).name}`: step {v['output_step']:.4g}; the Keras logits"
+                      f" themselves, rounded to it, keep {_pct(v['grid_ceiling'])} of the argmaxes (the best any"
+                      f" calibration could reach); {_pct(v['below_step_share'])} of pixels have their top two"
+                      " classes closer than one step."]
+    for row in report["models"]:
         if row.get("worst_layers"):
             lines += ["", f"Layers that lose most in `{Path(row['path']).name}` (RMSE / quantisation step):", ""]
             lines += [f"- `{r.get('layer', r['tensor'])}`: {r['rmse_over_scale']:.3f}" for r in row["worst_layers"]]

@@ -27,6 +27,22 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def grid_diagnostic(logits: np.ndarray, scale: float, zero_point: int, dtype: str) -> tuple[int, int]:
+    """How much of the int8 gap the *output grid alone* explains, for one image's Keras logits.
+
+    Returns ``(kept, close)``: pixels whose argmax survives rounding the Keras logits themselves
+    onto the quantised output grid (what a perfect int8 network could at best reproduce), and
+    pixels whose top-2 logit margin is below one output step. When ``kept`` is already under the
+    agreement threshold, no calibration can pass: the network is too indecisive for 8-bit scores.
+    """
+    limits = np.iinfo(np.dtype(dtype))
+    grid = np.clip(np.round(logits / scale) + zero_point, limits.min, limits.max)
+    kept = int(np.count_nonzero(np.argmax(grid, axis=-1) == np.argmax(logits, axis=-1)))
+    top2 = np.partition(logits, -2, axis=-1)[..., -2:]
+    close = int(np.count_nonzero(top2[..., 1] - top2[..., 0] < scale))
+    return kept, close
+
+
 def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet, spec: InputSpec,
            threads: int | None = None) -> dict:
     """Compare `model_path` with the Keras model on every pair.
@@ -34,7 +50,9 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
     Returns:
         agreement (share of pixels where both argmaxes agree, at model resolution), mIoU of both
         against the ground truth at annotation resolution and the drop, per-class IoU difference,
-        mean/max probability error (models with score outputs), median latency.
+        mean/max probability error (models with score outputs), median latency; for quantised
+        score outputs also the output step, the grid ceiling and the share of pixels closer to the
+        runner-up class than one step (`grid_diagnostic`).
     """
     segmenter = Segmenter(SegmenterOptions(model=model_path, threads=threads, device="cpu"))
     n = labels.num_classes
@@ -44,6 +62,9 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
     prob_errors: list[float] = []
     prob_max = 0.0
     latencies: list[float] = []
+    output = segmenter.info.output
+    on_grid = segmenter.info.output_kind == "scores" and output.quantized
+    grid_kept = grid_close = 0
     for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=f"verify {model_path.name}",
                                       unit="img", leave=False):
         image = read_image_rgb(image_path)
@@ -56,6 +77,10 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
         tflite_classes = segmenter.classes(raw)
         agree += int(np.count_nonzero(keras_classes == tflite_classes))
         total += keras_classes.size
+        if on_grid:
+            kept, close = grid_diagnostic(logits.astype(np.float32), output.scale, output.zero_point, output.dtype)
+            grid_kept += kept
+            grid_close += close
         if segmenter.info.output_kind == "scores":
             error = np.abs(_softmax(segmenter.scores(raw)) - _softmax(logits.astype(np.float32)))
             prob_errors.append(float(error.mean()))
@@ -84,6 +109,10 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
         "prob_error_max": prob_max if prob_errors else None,
         "latency_ms_median": float(np.median(latencies)) if latencies else None,
         "per_class_iou": per_class,
+        # Quantised score outputs only: the agreement ceiling of the output grid (see grid_diagnostic).
+        "output_step": output.scale if on_grid else None,
+        "grid_ceiling": grid_kept / max(1, total) if on_grid else None,
+        "below_step_share": grid_close / max(1, total) if on_grid else None,
         "input_dtype": segmenter.info.input.dtype,
         "output_dtype": segmenter.info.output.dtype,
         "output_kind": segmenter.info.output_kind,

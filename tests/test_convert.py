@@ -156,3 +156,37 @@ def test_a_savedmodel_folder_converts_like_the_keras_file(tiny_run, camvid, tmp_
     assert modes["int8"]["agreement"] > 0.8
     seg = Segmenter(SegmenterOptions(tmp_path / "out" / "sm_int8.tflite"))
     assert seg.info.spec.size_hw == (64, 96) and seg.info.metadata_embedded and seg.labels.names[4] == "road"
+
+
+def test_output_grid_diagnostic_on_a_hand_made_case():
+    from convert.verify import grid_diagnostic
+
+    # Pixel 0: classes 1 and 0 are 0.05 apart, under one step of 0.1: on the grid both become 10 and
+    # argmax falls back to class 0 (lost, close). Pixel 1: a clear winner (kept, not close).
+    logits = np.array([[[1.0, 1.05, 0.0], [2.0, 0.0, -1.0]]], np.float32)
+    assert grid_diagnostic(logits, 0.1, 0, "int8") == (1, 1)
+    # Clipping: logits beyond the int8 range saturate and tie at 127 (scale 0.01 covers only +-1.27).
+    assert grid_diagnostic(np.array([[[3.0, 2.0]]], np.float32), 0.01, 0, "int8") == (1, 0)
+    assert grid_diagnostic(np.array([[[2.0, 3.0]]], np.float32), 0.01, 0, "int8") == (0, 0)
+
+
+def test_float_head_fallback_keeps_the_last_conv_float(tiny_run, camvid, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    result = convert_cli("--model", tiny_run / "best.keras", "--quantize", "int8", "--calib-data", camvid,
+                         "--eval-data", camvid, "--num-calib", 8, "--num-eval", 4, "--out-dir", tmp_path,
+                         "--name", "fh", "--min-agreement", 0.9999, "--fallback", "float-head")
+    message = one_error_line(result)  # 99.99 % is out of reach for int8 of this indecisive tiny model
+    report = json.loads((tmp_path / "fh_report.json").read_text())
+    int8, head = report["models"]
+    v8 = int8["verification"]
+    assert 0 < v8["output_step"] and 0.5 < v8["grid_ceiling"] <= 1 and 0 < v8["below_step_share"] < 0.5
+    assert ("keep only" in message) == (v8["grid_ceiling"] < 0.9999)
+    assert head["mode"] == "float-head" and head["path"].endswith("fh_float_head.failed.tflite")
+    assert (head["verification"]["input_dtype"], head["verification"]["output_dtype"]) == ("float32", "float32")
+    assert head["verification"]["agreement"] > 0.8
+    interpreter = Interpreter(model_path=head["path"])
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert [dtypes[op["outputs"][0]] for op in convs[:-1]] == [np.int8] * (len(convs) - 1)  # int8 body
+    assert dtypes[convs[-1]["outputs"][0]] == np.float32  # the head

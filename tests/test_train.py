@@ -86,6 +86,33 @@ def test_unet_has_no_two_channel_bottleneck_and_lite_is_under_a_gigaflop():
     assert lite.output.shape[1:] == (192, 256, 12)
 
 
+def test_unet_batch_norm_option_folds_away_at_export():
+    import collections
+
+    import keras
+    import tensorflow as tf
+
+    from train.config import TrainConfig
+    from train.models import count_flops
+    from train.run import build_from_config
+
+    plain = build_from_config(TrainConfig(architecture="unet", height=64, width=64, base_filters=8), 12)
+    normed = build_from_config(TrainConfig(architecture="unet", height=64, width=64, base_filters=8,
+                                           batch_norm=True), 12)
+    convs = [layer for layer in normed.layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [layer for layer in normed.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == len(convs) - 1 == 22  # every conv but the logits head; none in the tutorial's
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+    assert count_flops(normed) == count_flops(plain) and normed.output.shape == plain.output.shape
+
+    def op_counts(model):
+        data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+        interpreter = tf.lite.Interpreter(model_content=data)
+        return collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
+
+    assert op_counts(normed) == op_counts(plain)  # BatchNorm folded into the convs: free at inference
+
+
 def _radam_reference(grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-7, threshold=5.0):
     """Liu et al. 2020, Algorithm 2, written out in plain numpy."""
     theta, m, v = 1.0, 0.0, 0.0

@@ -19,6 +19,7 @@ class TrainConfig:
         architecture: ``"unet"`` or ``"unet-lite"``.
         height, width: network input size (non-square allowed).
         width_multiplier: channel scale of unet-lite; base_filters: first-level width of unet.
+        batch_norm: unet only: BatchNorm after every conv (off = the tutorial; on = int8-friendly).
         optimizer: ``"radam"`` (rectified Adam, the tutorial's) or ``"adamw"``.
         lr_schedule: ``"constant"`` (the tutorial) or ``"cosine"`` (with linear warm-up).
         class_weighting: ``"none"`` or ``"median_frequency"`` (Eigen & Fergus, used by SegNet on CamVid).
@@ -39,6 +40,7 @@ class TrainConfig:
     width: int = 128
     base_filters: int = 64
     width_multiplier: float = 1.0
+    batch_norm: bool = False
     batch_size: int = 5
     epochs: int = 20
     learning_rate: float = 1e-3

@@ -14,6 +14,10 @@ from keras import layers
 
 ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {}
 
+# BatchNorm momentum: 0.9 (not Keras' 0.99) so the moving statistics used at inference keep up
+# with small datasets of ~50 steps per epoch; at 0.99 validation lags the weights by epochs.
+BN_MOMENTUM = 0.9
+
 
 def _register(name: str) -> Callable:
     def wrap(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
@@ -54,47 +58,61 @@ def build_model(architecture: str, height: int, width: int, num_classes: int, **
     return ARCHITECTURES[architecture](height, width, num_classes, **kwargs)
 
 
-def _double_conv(x, filters: int, name: str):
-    for index in (1, 2):
-        x = layers.Conv2D(
-            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"{name}_conv{index}"
+def _conv_relu(x, filters: int, kernel: int, name: str, batch_norm: bool):
+    """Conv + ReLU, or Conv (no bias) + BatchNorm + ReLU; BatchNorm folds into the conv at export."""
+    if not batch_norm:
+        return layers.Conv2D(
+            filters, kernel, padding="same", activation="relu", kernel_initializer="he_normal", name=name
         )(x)
+    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal", name=name)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _double_conv(x, filters: int, name: str, batch_norm: bool = False):
+    for index in (1, 2):
+        x = _conv_relu(x, filters, 3, f"{name}_conv{index}", batch_norm)
     return x
 
 
 @_register("unet")
-def unet(height: int, width: int, num_classes: int, base_filters: int = 64, dropout: float = 0.5) -> keras.Model:
+def unet(
+    height: int,
+    width: int,
+    num_classes: int,
+    base_filters: int = 64,
+    dropout: float = 0.5,
+    batch_norm: bool = False,
+) -> keras.Model:
     """The tutorial's U-Net (64 -> 1024 channels, UpSampling2D + 2x2 conv, skip concatenation).
 
     Fixed from the tutorial: its ``Conv2D(2, 3)`` squeezed all 64 decoder channels into 2 right
     before the 151-class 1x1 head, so 151 classes had to be read out of 2 numbers per pixel.
     Here the head reads the 64 decoder channels directly.
+
+    ``batch_norm=True`` (not in the tutorial) puts BatchNorm between every 3x3/2x2 conv and its
+    ReLU. It costs nothing at inference (folded into the conv by the converter) and keeps
+    activation ranges tame, which is what int8 quantisation needs (see MODEL_CARD.md).
     """
     inputs = keras.Input((height, width, 3), name="image")
     skips = []
     x = inputs
     for level in range(4):
-        x = _double_conv(x, base_filters * 2**level, f"down{level}")
+        x = _double_conv(x, base_filters * 2**level, f"down{level}", batch_norm)
         if level == 3:
             x = layers.Dropout(dropout, name="down3_dropout")(x)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _double_conv(x, base_filters * 16, "bottom")
+    x = _double_conv(x, base_filters * 16, "bottom", batch_norm)
     x = layers.Dropout(dropout, name="bottom_dropout")(x)
     for level in reversed(range(4)):
         filters = base_filters * 2**level
         x = layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
-        x = layers.Conv2D(filters, 2, padding="same", activation="relu", kernel_initializer="he_normal",
-                          name=f"up{level}_conv0")(x)
+        x = _conv_relu(x, filters, 2, f"up{level}_conv0", batch_norm)
         x = layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
-        x = _double_conv(x, filters, f"up{level}")
+        x = _double_conv(x, filters, f"up{level}", batch_norm)
     logits = layers.Conv2D(num_classes, 1, name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name="unet")
-
-
-# BatchNorm momentum: 0.9 (not Keras' 0.99) so the moving statistics used at inference keep up
-# with small datasets of ~50 steps per epoch; at 0.99 validation lags the weights by epochs.
-BN_MOMENTUM = 0.9
 
 
 def _separable(x, filters: int, stride: int, name: str):

@@ -70,8 +70,10 @@ def keras_predictor(model: keras.Model, spec: InputSpec):
 
 def build_from_config(config: TrainConfig, num_classes: int) -> keras.Model:
     """The config's network (architecture, size, width) with `num_classes` outputs."""
-    extra = {"base_filters": config.base_filters} if config.architecture == "unet" else {
-        "width_multiplier": config.width_multiplier}
+    if config.architecture == "unet":
+        extra = {"base_filters": config.base_filters, "batch_norm": config.batch_norm}
+    else:
+        extra = {"width_multiplier": config.width_multiplier}
     return build_model(config.architecture, config.height, config.width, num_classes, **extra)
 
 
