@@ -94,7 +94,9 @@ def main(
                 pipeline.append(pipe)
                 typer.echo(f"{pipe['model']:<34} x{count} pipeline on {pipe['video']}: {pipe['end_to_end_fps']:.1f}"
                            f" FPS end-to-end vs {pipe['inference_only_fps']:.1f} inference-only"
-                           f" (ratio {pipe['ratio']:.2f})")
+                           f" (ratio {pipe['ratio']:.2f}; in-pipeline inference p50"
+                           f" {pipe['in_pipeline_inference_p50_ms']:.2f} ms, host stages p50 ms: "
+                           + ", ".join(f"{k} {v:.2f}" for k, v in pipe["host_stage_p50_ms"].items()) + ")")
         for path in keras_model or []:
             for row in measure.bench_keras(path, frame, max(10, runs // 10), min(3, warmup)):
                 rows.append(row)

@@ -156,7 +156,8 @@ def bench_pipeline(model: Path, threads: int, video: Path, max_frames: int = 300
             "end_to_end_fps": stats.fps, "inference_only_fps": alone_fps,
             "ratio": stats.fps / alone_fps,
             "inference_only_p50_ms": float(np.median(alone)),
-            "in_pipeline_inference_p50_ms": stats.inference_p50_ms}
+            "in_pipeline_inference_p50_ms": stats.inference_p50_ms,
+            "host_stage_p50_ms": {name: round(ms, 3) for name, ms in stats.stage_ms.items()}}
 
 
 def bench_keras(keras_path: Path, frame: np.ndarray, runs: int, warmup: int) -> list[dict]:

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -64,12 +64,15 @@ class RunStats:
     inference_fps: float
     flicker: float
     truncated: bool
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
+        stages = ", ".join(f"{name} {ms:.2f}" for name, ms in self.stage_ms.items())
         return (f"frames {self.frames}, dropped {self.dropped}, end-to-end {self.fps:.1f} FPS"
                 f" ({self.seconds:.2f} s), inference p50 {self.inference_p50_ms:.2f} ms"
                 f" p90 {self.inference_p90_ms:.2f} ms (limit {self.inference_fps:.1f} FPS),"
-                f" flicker {100 * self.flicker:.2f}% of pixels/frame")
+                f" flicker {100 * self.flicker:.2f}% of pixels/frame"
+                + (f"; host stages p50 ms: {stages}" if stages else ""))
 
 
 class TemporalSmoother:
@@ -129,14 +132,23 @@ def run(
     stop = threading.Event()
     fps_clock = {"t": time.perf_counter(), "fps": 0.0}
     previous: dict[str, np.ndarray | None] = {"map": None}
+    # Per-frame ms of each host stage (decode/prepare on the reader thread, draw/encode on the
+    # drawer; live sources decode on their own capture thread and prepare on this one).
+    stage_ms: dict[str, list[float]] = {"decode": [], "prepare": [], "draw": [], "encode": []}
+    clock = time.perf_counter
 
     def reader() -> None:
         try:
             while not stop.is_set():
+                t0 = clock()
                 frame = source.read()
                 if frame is None:
                     break
-                frames_in.put((frame, segmenter.prepare(frame)))
+                t1 = clock()
+                tensor = segmenter.prepare(frame)
+                stage_ms["decode"].append((t1 - t0) * 1000)
+                stage_ms["prepare"].append((clock() - t1) * 1000)
+                frames_in.put((frame, tensor))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
         finally:
@@ -149,6 +161,7 @@ def run(
                 if item is _END:
                     return
                 frame, raw, infer_ms = item
+                t0 = clock()
                 class_map = smoother(raw)
                 if previous["map"] is not None:
                     changed.append(float(np.count_nonzero(class_map != previous["map"])) / class_map.size)
@@ -158,8 +171,11 @@ def run(
                 fps_clock["fps"] = 0.9 * fps_clock["fps"] + 0.1 * (1.0 / dt if dt > 0 else 0.0)
                 hud = [f"{fps_clock['fps']:.1f} FPS", f"inference {infer_ms:.1f} ms"] if options.hud else None
                 image = render(frame, class_map, labels, palette, options.alpha, options.legend, hud)
+                t1 = clock()
+                stage_ms["draw"].append((t1 - t0) * 1000)
                 if sink is not None:
                     sink.write(image)
+                    stage_ms["encode"].append((clock() - t1) * 1000)
                 latest["image"] = image
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -185,7 +201,9 @@ def run(
                 frame = source.read()
                 if frame is None:
                     break
+                t0 = clock()
                 tensor = segmenter.prepare(frame)
+                stage_ms["prepare"].append((clock() - t0) * 1000)
             else:
                 item = frames_in.get()
                 if item is _END:
@@ -217,7 +235,7 @@ def run(
         error = errors[0]
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
-    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None)
+    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None, stage_ms)
     if sink is not None:
         sink.finish()
     if truncated_at is not None:
@@ -244,11 +262,12 @@ def _shutdown(stop: threading.Event, drawn: "queue.Queue", frames_in: "queue.Que
 
 
 def _stats(frames: int, dropped: int, seconds: float, inference_ms: list[float], changed: list[float],
-           truncated: bool) -> RunStats:
+           truncated: bool, stage_ms: dict[str, list[float]] | None = None) -> RunStats:
     times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
     return RunStats(
         frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
         inference_p50_ms=float(np.percentile(times, 50)), inference_p90_ms=float(np.percentile(times, 90)),
         inference_fps=1000.0 / float(times.mean()) if times.mean() > 0 else 0.0,
         flicker=float(np.mean(changed)) if changed else 0.0, truncated=truncated,
+        stage_ms={name: float(np.median(values)) for name, values in (stage_ms or {}).items() if values},
     )

@@ -76,6 +76,18 @@ def test_smoothing_reduces_flicker_on_a_real_clip(tiny_tflite):
     assert flicker[0.7] < 0.8 * flicker[0.0], flicker
 
 
+def test_host_stages_are_timed_per_frame(tiny_tflite, tmp_path):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    with VideoFileSource(shared("video", "vtest.avi")) as source:
+        sink = VideoSink(tmp_path / "o.mp4", source.fps, (480, 360))
+        stats = run(source, seg, PipelineOptions(max_frames=20), sink=sink, progress=False)
+    assert set(stats.stage_ms) == {"decode", "prepare", "draw", "encode"}
+    assert all(0 < ms < 1000 for ms in stats.stage_ms.values()), stats.stage_ms
+    assert "host stages p50 ms: decode" in stats.summary()
+    with VideoFileSource(shared("video", "vtest.avi")) as source:  # no sink: nothing encoded, nothing timed
+        assert "encode" not in run(source, seg, PipelineOptions(max_frames=5), progress=False).stage_ms
+
+
 def test_smoothing_refuses_class_map_models(tiny_tflite):
     from edgeseg.errors import EdgesegError
 
