@@ -68,6 +68,13 @@ def markdown_table(latest: dict[str, dict], reports_dir: Path) -> str:
                          " inference-only) | | | |")
     from benchmarks.measure import speedups
 
+    lines += ["", "Devices:", ""]
+    for record in latest.values():
+        f = record["fingerprint"]
+        simd = f.get("simd")
+        lines.append(f"- {f['device']}: {f['cpu']}, {f['cores']} cores, {f['arch']}"
+                     + (f", SIMD {' '.join(simd) or '-'}" if simd is not None else "")
+                     + f", {f['runtime']}, Python {f['python']}")
     notes = [f"- {record['fingerprint']['device']}: {text}" for record in latest.values()
              for text in speedups(record["rows"])]
     if notes:

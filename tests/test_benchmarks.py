@@ -24,8 +24,10 @@ def test_percentiles_by_hand():
 
 def test_fingerprint_fields():
     facts = fingerprint("test box")
-    for key in ("device", "cpu", "cores", "arch", "os", "python", "runtime", "pi_model", "governor", "edgetpu"):
+    for key in ("device", "cpu", "simd", "cores", "arch", "os", "python", "runtime", "pi_model", "governor", "edgetpu"):
         assert key in facts
+    flags = open("/proc/cpuinfo").read()
+    assert ("avx2" in facts["simd"]) == (" avx2" in flags) and ("asimd" in facts["simd"]) == (" asimd" in flags)
     assert facts["device"] == "test box" and facts["cores"] >= 1 and "ai_edge_litert" in facts["runtime"]
     assert "performance" in governor_warning({"governor": "ondemand"})
     assert governor_warning({"governor": "performance"}) is None
