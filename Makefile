@@ -30,20 +30,24 @@ bundle: setup                   ## retrain and re-export the bundled model (two 
 	  --eval-data ../shared/data/camvid --eval-split validation --out-dir models
 	cp runs/camvid_lite_stage2/best.keras models/camvid_lite.keras
 
-seed: setup                     ## train + convert the seed-size U-Net (tutorial architecture, half width), not committed
-	$(BIN)/python -m train --config configs/camvid_unet_seed.yaml
-	$(BIN)/python -m convert --model runs/camvid_unet_seed/best.keras --quantize float32 --quantize all \
-	  --name camvid_unet_seed --calib-data ../shared/data/camvid --calib-split training \
-	  --eval-data ../shared/data/camvid --eval-split validation --out-dir runs/camvid_unet_seed/export; \
-	  status=$$?; cp runs/camvid_unet_seed/export/camvid_unet_seed_report.* models/; exit $$status
+seed: setup                     ## train + convert the seed-size U-Net (tutorial architecture, half width, BatchNorm), not committed
+	$(BIN)/python -m train --config configs/camvid_unet_seed_bn.yaml
+	$(BIN)/python -m convert --model runs/camvid_unet_seed_bn/best.keras --quantize float32 --quantize all \
+	  --name camvid_unet_seed_bn --calib-data ../shared/data/camvid --calib-split training \
+	  --eval-data ../shared/data/camvid --eval-split validation --out-dir runs/camvid_unet_seed_bn/export; \
+	  status=$$?; cp runs/camvid_unet_seed_bn/export/camvid_unet_seed_bn_report.* models/; exit $$status
 
-benchmark: setup                ## latency of the bundled and (after `make seed`) seed models -> benchmarks/results/
-	$(BIN)/python -m benchmarks --model models/camvid_lite_int8.tflite --model models/camvid_lite_float16.tflite \
-	  $(if $(wildcard runs/camvid_unet_seed/export/camvid_unet_seed_int8*.tflite),\
-	  --model $(firstword $(wildcard runs/camvid_unet_seed/export/camvid_unet_seed_int8*.tflite)) \
-	  --model runs/camvid_unet_seed/export/camvid_unet_seed_float32.tflite \
-	  --model runs/camvid_unet_seed/export/camvid_unet_seed_float16.tflite \
-	  --keras runs/camvid_unet_seed/best.keras) \
+SEED := runs/camvid_unet_seed_bn
+DEVICE ?= $(shell hostname)
+
+benchmark: setup                ## latency of the bundled and (after `make seed`) seed models -> benchmarks/results/<DEVICE>.jsonl
+	$(BIN)/python -m benchmarks --device-name "$(DEVICE)" \
+	  --model models/camvid_lite_int8.tflite --model models/camvid_lite_float16.tflite \
+	  $(if $(wildcard $(SEED)/export/camvid_unet_seed_bn_int8*.tflite),\
+	  --model $(firstword $(wildcard $(SEED)/export/camvid_unet_seed_bn_int8*.tflite)) \
+	  --model $(SEED)/export/camvid_unet_seed_bn_float32.tflite \
+	  --model $(SEED)/export/camvid_unet_seed_bn_float16.tflite \
+	  --keras $(SEED)/best.keras) \
 	  --threads 1,2 --video ../shared/data/video/vtest.avi --keras models/camvid_lite.keras
 
 clean:

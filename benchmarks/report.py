@@ -29,8 +29,9 @@ def load_latest(results_dir: Path = RESULTS) -> dict[str, dict]:
     latest = {}
     for path in sorted(results_dir.glob("*.jsonl")):
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if lines:
-            latest[path.stem] = json.loads(lines[-1])
+        record = json.loads(lines[-1]) if lines else {}
+        if "fingerprint" in record and "rows" in record:  # training-*.jsonl (train throughput) is another schema
+            latest[path.stem] = record
     return latest
 
 

@@ -56,10 +56,13 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     assert any("than TFLite float32" in text for text in record["ratios"])  # faster or slower: timing noise
 
     report.append_results(record, tmp_path / "results")
+    # `python -m train throughput --json` keeps its own schema beside the device files: not a device.
+    (tmp_path / "results" / "training-ci-box.jsonl").write_text(json.dumps({"images_per_second": 3.1}) + "\n")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- benchmarks:start -->\nold\n<!-- benchmarks:end -->\noutro\n")
     table = generate(tmp_path / "results", readme=readme, reports_dir=tmp_path)
     assert "| ci box | tiny_int8.tflite | int8 | 1 |" in table and "tiny: int8 is" in table
+    assert "- ci box: " in table and "cores" in table  # the device list under the table
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "ci box" in text
     chart = cv2.imread(str(tmp_path / "results" / "latency.png"))
