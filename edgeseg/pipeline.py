@@ -13,7 +13,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,9 @@ from edgeseg.sinks import VideoSink
 from edgeseg.sources import FrameSource
 
 QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be drawn; small to bound memory and latency
+# Per-frame timings kept for the end-of-run percentiles: the newest this many frames (an hour at
+# 30 FPS), so a camera left running for days does not grow memory without bound.
+STATS_WINDOW = 100_000
 _END = object()
 
 
@@ -123,8 +127,8 @@ def run(
     """
     smoother = TemporalSmoother(segmenter, options.smooth)
     labels, palette = segmenter.labels, segmenter.palette_bgr
-    inference_ms: list[float] = []
-    changed: list[float] = []
+    inference_ms: deque[float] = deque(maxlen=STATS_WINDOW)
+    changed: deque[float] = deque(maxlen=STATS_WINDOW)
     drawn: "queue.Queue" = queue.Queue(maxsize=QUEUE_FRAMES)
     frames_in: "queue.Queue" = queue.Queue(maxsize=QUEUE_FRAMES)
     errors: list[BaseException] = []
@@ -134,7 +138,7 @@ def run(
     previous: dict[str, np.ndarray | None] = {"map": None}
     # Per-frame ms of each host stage (decode/prepare on the reader thread, draw/encode on the
     # drawer; live sources decode on their own capture thread and prepare on this one).
-    stage_ms: dict[str, list[float]] = {"decode": [], "prepare": [], "draw": [], "encode": []}
+    stage_ms = {name: deque(maxlen=STATS_WINDOW) for name in ("decode", "prepare", "draw", "encode")}
     clock = time.perf_counter
 
     def reader() -> None:
@@ -261,8 +265,8 @@ def _shutdown(stop: threading.Event, drawn: "queue.Queue", frames_in: "queue.Que
         thread.join()
 
 
-def _stats(frames: int, dropped: int, seconds: float, inference_ms: list[float], changed: list[float],
-           truncated: bool, stage_ms: dict[str, list[float]] | None = None) -> RunStats:
+def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[float], changed: Sequence[float],
+           truncated: bool, stage_ms: dict[str, Sequence[float]] | None = None) -> RunStats:
     times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
     return RunStats(
         frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,

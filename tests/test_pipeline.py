@@ -88,6 +88,28 @@ def test_host_stages_are_timed_per_frame(tiny_tflite, tmp_path):
         assert "encode" not in run(source, seg, PipelineOptions(max_frames=5), progress=False).stage_ms
 
 
+def test_run_statistics_keep_a_bounded_window_of_recent_frames(tiny_tflite, monkeypatch):
+    import edgeseg.pipeline as pipeline
+
+    class SlowThenFast(Segmenter):
+        calls = 0
+
+        def invoke(self, tensor):
+            raw = super().invoke(tensor)
+            self.calls += 1
+            if self.calls <= 10:
+                self.last_inference_ms += 30.0  # as if the first frames had taken 30 ms longer
+            return raw
+
+    monkeypatch.setattr(pipeline, "STATS_WINDOW", 4)
+    seg = SlowThenFast(SegmenterOptions(tiny_tflite["int8"]))
+    with VideoFileSource(shared("video", "vtest.avi")) as source:
+        stats = run(source, seg, PipelineOptions(max_frames=16), progress=False)
+    # 10 of 16 frames were slow; only the newest 4 (fast) are kept, so a long live run cannot
+    # grow memory without bound.
+    assert stats.frames == 16 and stats.inference_p50_ms < 30, stats
+
+
 def test_smoothing_refuses_class_map_models(tiny_tflite):
     from edgeseg.errors import EdgesegError
 
