@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.roofline import graph_ops
+from benchmarks.roofline import model_ops
 from edgeseg.errors import InputError
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
@@ -110,7 +110,7 @@ def bench_tflite(model: Path, threads: int, frame: np.ndarray, runs: int, warmup
         "input": f"{info.input.shape[2]}x{info.input.shape[1]}", "io": f"{info.input.dtype}/{info.output.dtype}",
         "quantization": provenance_quant or quant, "delegate": "edgetpu" if info.edgetpu else "xnnpack",
         "threads": threads, "init_ms": init_ms, "first_ms": first_ms, "runs": runs,
-        **summarize(times), "peak_rss_mb": peak_rss_mb(), "gops": graph_ops(interpreter) / 1e9,
+        **summarize(times), "peak_rss_mb": peak_rss_mb(), "gops": model_ops(model.read_bytes()) / 1e9,
     }
     result["achieved_gops_per_s"] = result["gops"] / (result["p50_ms"] / 1000)
     return result

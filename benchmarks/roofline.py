@@ -41,6 +41,26 @@ def graph_ops(interpreter) -> int:
     return 2 * total
 
 
+def model_ops(model_content: bytes) -> int:
+    """`graph_ops` of a model with every tensor shape resolved.
+
+    Keras 3 exports UpSampling2D as SHAPE/TILE/RESHAPE, so the tensors after it carry placeholder
+    static shapes (a 16x16 map reads as 1x16) until an invoke resolves them, and the XNNPACK
+    delegate never writes resolved shapes back. So count after one invoke on the builtin kernels,
+    without delegates; models that cannot run that way (Edge TPU custom ops) are counted as stored.
+    """
+    from edgeseg.backend import make_plain_interpreter
+
+    interpreter = make_plain_interpreter(model_content)
+    try:
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+    except (RuntimeError, ValueError):
+        pass
+    return graph_ops(interpreter)
+
+
 def measure_peak(threads: int | None, runs: int = 10) -> dict[str, float]:
     """GOP/s of the probe convolution per dtype (the practical peak of this CPU and runtime)."""
     from edgeseg.backend import make_interpreter

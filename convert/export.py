@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import subprocess
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +44,9 @@ MODES: dict[str, Mode] = {
 IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
 
 
-def make_converter(source: SourceModel, mode: Mode, io_type: str, representative, argmax: bool):
-    converter = source.converter(argmax=argmax)
+def make_converter(source: SourceModel, mode: Mode, io_type: str, representative, argmax: bool,
+                   edgetpu: bool = False):
+    converter = source.converter(argmax=argmax, static_shapes=edgetpu)
     if mode.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode.supported_types:
@@ -62,14 +62,14 @@ def make_converter(source: SourceModel, mode: Mode, io_type: str, representative
 
 
 def convert(source: SourceModel, mode_name: str, io_type: str = "int8", representative=None,
-            argmax: bool = False) -> bytes:
+            argmax: bool = False, edgetpu: bool = False) -> bytes:
     """Convert `source` in one mode and return the flatbuffer.
 
     Raises:
         ConvertError: the converter rejected the model (message names the mode).
     """
     mode = MODES[mode_name]
-    converter = make_converter(source, mode, io_type, representative, argmax)
+    converter = make_converter(source, mode, io_type, representative, argmax, edgetpu)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every traced tensor spec
             if mode.float_head:
@@ -87,9 +87,9 @@ def head_ops(model: bytes) -> list[str]:
 
     Walks back from the (single) output through each op's first input until a convolution.
     """
-    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice; the converter needs TF anyway
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_content=model)
+    from edgeseg.backend import make_plain_interpreter
+
+    interpreter = make_plain_interpreter(model)
     ops = interpreter._get_ops_details()  # noqa: SLF001 - the only API listing op types and tensors
     producer = {tensor: op for op in ops for tensor in op["outputs"]}
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
@@ -121,6 +121,29 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# TFLite builtin ops the Edge TPU compiler can map (coral.ai/docs/edgetpu/models-intro, "Supported
+# operations"); anything else, and everything after it, runs on the CPU.
+EDGETPU_OPS = frozenset({
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS", "FULLY_CONNECTED",
+    "L2_NORMALIZATION", "LOGISTIC", "LSTM", "MAXIMUM", "MAX_POOL_2D", "MEAN", "MINIMUM", "MUL", "PACK", "PAD",
+    "PRELU", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6", "RELU_N1_TO_1", "RESHAPE", "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE", "SOFTMAX", "SPACE_TO_DEPTH", "SPLIT", "SQUEEZE", "STRIDED_SLICE",
+    "SUB", "SUM", "SQUARED_DIFFERENCE", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
+})
+
+
+def ops_outside_edgetpu(model: bytes) -> dict[str, int]:
+    """Op types of `model` the Edge TPU compiler does not map, with their counts."""
+    from edgeseg.backend import make_plain_interpreter
+
+    interpreter = make_plain_interpreter(model)
+    counts: dict[str, int] = {}
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - the only API listing op types
+        if op["op_name"] not in EDGETPU_OPS:
+            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return counts
 
 
 def compile_edgetpu(model_path: Path, out_dir: Path) -> tuple[Path | None, str]:

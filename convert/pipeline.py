@@ -103,7 +103,7 @@ def run(options: ConvertOptions) -> dict:
     }
 
     def export_one(mode: str, suffix: str) -> dict:
-        data = export.convert(source, mode, options.io_type, representative, options.argmax)
+        data = export.convert(source, mode, options.io_type, representative, options.argmax, options.edgetpu)
         metadata = ModelMetadata(
             labels=labels, input=spec, output="class_map" if options.argmax else "logits",
             provenance={**provenance, "quantization": mode,
@@ -130,7 +130,8 @@ def run(options: ConvertOptions) -> dict:
         row = export_one(mode, mode)
         if not row["passed"] and export.MODES[mode].calibrated:
             row["worst_layers"] = layer_errors(
-                lambda: export.make_converter(source, export.MODES[mode], options.io_type, representative, False),
+                lambda: export.make_converter(source, export.MODES[mode], options.io_type, representative, False,
+                                              options.edgetpu),
                 representative)
         report["models"].append(row)
         if not row["passed"] and mode == "int8" and options.fallback != "none":
@@ -153,8 +154,8 @@ def _argmax_effect(source: SourceModel, options: ConvertOptions, representative)
     mode = "int8" if "int8" in options.modes else options.modes[0]
     with tempfile.TemporaryDirectory() as tmp:
         scores_path, argmax_path = Path(tmp) / "scores.tflite", Path(tmp) / "argmax.tflite"
-        scores_path.write_bytes(export.convert(source, mode, options.io_type, representative, argmax=False))
-        argmax_path.write_bytes(export.convert(source, mode, options.io_type, representative, argmax=True))
+        scores_path.write_bytes(export.convert(source, mode, options.io_type, representative, False, options.edgetpu))
+        argmax_path.write_bytes(export.convert(source, mode, options.io_type, representative, True, options.edgetpu))
         invoke_scores, host = host_argmax_ms(scores_path)
         invoke_argmax, _ = host_argmax_ms(argmax_path)
     return {"mode": mode, "invoke_ms_scores": invoke_scores, "host_argmax_ms": host,
@@ -165,13 +166,16 @@ def _edgetpu(report: dict, options: ConvertOptions, labels, spec, provenance) ->
     int8 = next((r for r in report["models"] if r["mode"] == "int8" and r["passed"]), None)
     if int8 is None:
         return "no passing int8 model to compile"
+    outside = export.ops_outside_edgetpu(Path(int8["path"]).read_bytes())
+    ops = ("every op is one the Edge TPU compiler maps" if not outside else "ops the Edge TPU compiler leaves on the"
+           " CPU: " + ", ".join(f"{name} x{count}" for name, count in sorted(outside.items())))
     compiled, command = export.compile_edgetpu(Path(int8["path"]), options.out_dir)
     if compiled is None:
-        message = f"edgetpu_compiler is not installed here; on a machine that has it run: {command}"
+        message = f"{ops}; edgetpu_compiler is not installed here; on a machine that has it run: {command}"
         print(message)
         return message
     from edgeseg.metadata import read_metadata
 
     metadata = read_metadata(Path(int8["path"]).read_bytes())
     export.write_atomic(compiled, attach_metadata(compiled.read_bytes(), metadata))
-    return f"compiled {compiled.name} (metadata re-attached)"
+    return f"{ops}; compiled {compiled.name} (metadata re-attached)"

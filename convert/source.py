@@ -30,6 +30,42 @@ class ClassMap(keras.layers.Layer):
         return tf.cast(tf.math.argmax(logits, axis=-1, output_type=tf.int32), tf.uint8)
 
 
+class ResizeNearest(keras.layers.Layer):
+    """UpSampling2D(interpolation="nearest") as one RESIZE_NEAREST_NEIGHBOR op with static shapes.
+
+    Keras 3 lowers UpSampling2D to EXPAND_DIMS/TILE/SHAPE/STRIDED_SLICE/RESHAPE with shapes only
+    known at run time; the Edge TPU compiler maps neither TILE nor SHAPE nor dynamic shapes, so
+    everything after the first upsampling would fall back to the CPU. Same values, exactly.
+    """
+
+    def __init__(self, size=(2, 2), **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(size)
+
+    def call(self, x):
+        height, width = x.shape[1] * self.size[0], x.shape[2] * self.size[1]
+        return tf.image.resize(x, (height, width), method="nearest")
+
+
+def with_static_upsampling(model: keras.Model) -> keras.Model:
+    """A copy of `model` (same weights) whose nearest UpSampling2D layers are `ResizeNearest`."""
+
+    def is_nearest(layer) -> bool:
+        return isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
+
+    if not any(is_nearest(layer) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if is_nearest(layer):
+            return ResizeNearest(layer.size, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 @dataclass
 class SourceModel:
     """A loaded model plus what the converter needs to know about it."""
@@ -43,13 +79,14 @@ class SourceModel:
     keras_model: keras.Model | None
     saved_model_dir: Path | None = None
 
-    def converter(self, argmax: bool = False) -> tf.lite.TFLiteConverter:
-        """A fresh TFLite converter; with `argmax`, the model ends in ArgMax -> uint8 class map."""
+    def converter(self, argmax: bool = False, static_shapes: bool = False) -> tf.lite.TFLiteConverter:
+        """A fresh TFLite converter; with `argmax`, the model ends in ArgMax -> uint8 class map;
+        with `static_shapes` (Edge TPU), nearest upsampling becomes RESIZE_NEAREST_NEIGHBOR."""
         if self.keras_model is None:
             if argmax:
                 raise ConvertError("--argmax needs a .keras model (a SavedModel's graph cannot be extended here)")
             return tf.lite.TFLiteConverter.from_saved_model(str(self.saved_model_dir))
-        model = self.keras_model
+        model = with_static_upsampling(self.keras_model) if static_shapes else self.keras_model
         if argmax:
             classes = ClassMap(name="class_map")(model.outputs[0])
             model = keras.Model(model.inputs, classes, name=f"{model.name}_argmax")

@@ -109,3 +109,18 @@ def make_interpreter(model_content: bytes, threads: int | None = None, edgetpu: 
         raise ModelError(f"the interpreter could not load the model ({reason}); re-export it with"
                          " `python -m convert`") from exc
     return interpreter, runtime
+
+
+def make_plain_interpreter(model_content: bytes, runtime: Runtime | None = None) -> Any:
+    """An allocated interpreter on the builtin kernels only, without XNNPACK or any delegate.
+
+    For inspecting a graph (op list, tensor shapes after an invoke): a delegate replaces the ops
+    it takes with one DELEGATE node and never writes resolved shapes back to its tensors.
+    """
+    runtime = runtime or find_runtime()
+    module = importlib.import_module(runtime.interpreter_class.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    options = {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if resolver else {}
+    interpreter = runtime.interpreter_class(model_content=model_content, **options)
+    interpreter.allocate_tensors()
+    return interpreter

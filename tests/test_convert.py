@@ -137,6 +137,15 @@ def test_edgetpu_export_prints_the_compiler_command(tiny_run, camvid, tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     assert "edgetpu_compiler --out_dir" in result.stdout
     assert Segmenter(SegmenterOptions(tmp_path / "tpu_int8.tflite", device="cpu")).info.input.dtype == "uint8"
+    # Nearest upsampling is exported as RESIZE_NEAREST_NEIGHBOR with static shapes, not Keras 3's
+    # TILE/SHAPE/dynamic RESHAPE, which the Edge TPU compiler would leave on the CPU.
+    from convert.export import ops_outside_edgetpu
+
+    data = (tmp_path / "tpu_int8.tflite").read_bytes()
+    assert ops_outside_edgetpu(data) == {}
+    assert "every op is one the Edge TPU compiler maps" in result.stdout
+    report = json.loads((tmp_path / "tpu_report.json").read_text())
+    assert report["models"][0]["verification"]["agreement"] > 0.8  # the rewrite keeps the values
 
 
 def test_a_savedmodel_folder_converts_like_the_keras_file(tiny_run, camvid, tmp_path):
@@ -156,6 +165,17 @@ def test_a_savedmodel_folder_converts_like_the_keras_file(tiny_run, camvid, tmp_
     assert modes["int8"]["agreement"] > 0.8
     seg = Segmenter(SegmenterOptions(tmp_path / "out" / "sm_int8.tflite"))
     assert seg.info.spec.size_hw == (64, 96) and seg.info.metadata_embedded and seg.labels.names[4] == "road"
+
+
+def test_static_upsampling_is_exact_and_the_plain_export_is_not_edgetpu_ready(tiny_keras, tiny_run, camvid):
+    from convert.export import convert, ops_outside_edgetpu
+    from convert.source import load_source, with_static_upsampling
+
+    frames = np.random.default_rng(0).random((2, 64, 96, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(with_static_upsampling(tiny_keras)(frames)),
+                                  np.asarray(tiny_keras(frames)))
+    plain = convert(load_source(tiny_run / "best.keras"), "float32")
+    assert {"TILE", "SHAPE"} <= set(ops_outside_edgetpu(plain))  # what Keras 3 gives without the rewrite
 
 
 def test_output_grid_diagnostic_on_a_hand_made_case():
