@@ -210,3 +210,22 @@ def test_float_head_fallback_keeps_the_last_conv_float(tiny_run, camvid, tmp_pat
     convs = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     assert [dtypes[op["outputs"][0]] for op in convs[:-1]] == [np.int8] * (len(convs) - 1)  # int8 body
     assert dtypes[convs[-1]["outputs"][0]] == np.float32  # the head
+
+
+def test_the_tutorial_unet_converts_with_a_non_square_input(camvid, tmp_path):
+    from train.models import build_model
+
+    # The other architecture (unet; the fixtures use unet-lite), BatchNorm on, 64x96 input. Untrained,
+    # so int8 agreement is not the point here: float32 must match Keras exactly, int8 must exist.
+    model = build_model("unet", 64, 96, 12, base_filters=4, batch_norm=True)
+    path = tmp_path / "unet.keras"
+    model.save(path)
+    result = convert_cli("--model", path, "--quantize", "float32", "--quantize", "int8", "--calib-data", camvid,
+                         "--eval-data", camvid, "--num-calib", 8, "--num-eval", 3, "--out-dir", tmp_path / "out",
+                         "--min-agreement", 0, "--max-miou-drop", 1)
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((tmp_path / "out" / "unet_report.json").read_text())
+    modes = {row["mode"]: row["verification"] for row in report["models"]}
+    assert modes["float32"]["agreement"] > 0.999 and modes["int8"]["input_dtype"] == "int8"
+    seg = Segmenter(SegmenterOptions(tmp_path / "out" / "unet_int8.tflite"))
+    assert seg.info.spec.size_hw == (64, 96) and seg.labels.names[4] == "road"
