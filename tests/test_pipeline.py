@@ -78,9 +78,11 @@ def test_smoothing_reduces_flicker_on_a_real_clip(tiny_tflite):
 
 def test_host_stages_are_timed_per_frame(tiny_tflite, tmp_path):
     seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    cv2.setNumThreads(2)
     with VideoFileSource(shared("video", "vtest.avi")) as source:
         sink = VideoSink(tmp_path / "o.mp4", source.fps, (480, 360))
         stats = run(source, seg, PipelineOptions(max_frames=20), sink=sink, progress=False)
+    assert cv2.getNumThreads() == 2  # the pipeline's single-threaded OpenCV is undone afterwards
     assert set(stats.stage_ms) == {"decode", "prepare", "draw", "encode"}
     assert all(0 < ms < 1000 for ms in stats.stage_ms.values()), stats.stage_ms
     assert "host stages p50 ms: decode" in stats.summary()
