@@ -65,6 +65,9 @@ def main(
     """Export float16 / int8 TFLite models with embedded metadata and verify them against Keras."""
     from convert.pipeline import ConvertOptions, run
 
+    if edgetpu and fallback != Fallback.none:
+        fail(f"--fallback {fallback.value} makes a model with float or 16-bit ops, which the Edge TPU cannot run;"
+             " drop --fallback or --edgetpu")
     if edgetpu and io_type == IOType.float32:
         fail("--edgetpu needs integer I/O but --io-type is float32; drop --io-type (uint8 is used) or --edgetpu")
     asked = {mode for q in quantize for mode in (("float16", "int8") if q == Quantize.all else (q.value,))}

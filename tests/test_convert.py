@@ -123,6 +123,8 @@ def test_bad_inputs_are_refused_without_leaving_models(tiny_run, camvid, tmp_pat
         (["--model", model, "--edgetpu", "--io-type", "float32", "--calib-data", camvid, "--out-dir", tmp_path / "o6",
           *common], "--edgetpu"),
         (["--model", model, "--quantize", "int8", "--out-dir", tmp_path / "o7", *common], "--calib-data"),
+        (["--model", model, "--edgetpu", "--fallback", "float-head", "--calib-data", camvid, "--out-dir",
+          tmp_path / "o8", *common], "Edge TPU cannot run"),
     ]
     for args, fragment in cases:
         message = one_error_line(convert_cli(*args))
