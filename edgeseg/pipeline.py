@@ -280,12 +280,12 @@ def _shutdown(stop: threading.Event, drawn: "queue.Queue", frames_in: "queue.Que
 
 
 def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[float], changed: Sequence[float],
-           truncated: bool, stage_ms: dict[str, Sequence[float]] | None = None) -> RunStats:
+           truncated: bool, stage_ms: dict[str, Sequence[float]]) -> RunStats:
     times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
     return RunStats(
         frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
         inference_p50_ms=float(np.percentile(times, 50)), inference_p90_ms=float(np.percentile(times, 90)),
         inference_fps=1000.0 / float(times.mean()) if times.mean() > 0 else 0.0,
         flicker=float(np.mean(changed)) if changed else 0.0, truncated=truncated,
-        stage_ms={name: float(np.median(values)) for name, values in (stage_ms or {}).items() if values},
+        stage_ms={name: float(np.median(values)) for name, values in stage_ms.items() if values},
     )
