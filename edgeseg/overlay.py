@@ -41,13 +41,16 @@ def blend(frame: np.ndarray, colour: np.ndarray, class_map: np.ndarray, alpha: f
     Args:
         frame: BGR frame ``(H, W, 3)``.
         colour: colourised mask of the same size.
-        class_map: class indices of the same size (to leave class 0 untouched).
+        class_map: class indices, of the frame's size or smaller (then upscaled by nearest
+            neighbour like `colour`, and only when it holds a not-labelled pixel at all).
         alpha: mask opacity, 0 = frame only, 1 = mask only.
     """
     mixed = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
-    unlabelled = class_map == IGNORE_INDEX
+    unlabelled = (class_map == IGNORE_INDEX).view(np.uint8)
     if unlabelled.any():
-        mixed[unlabelled] = frame[unlabelled]
+        if unlabelled.shape != frame.shape[:2]:
+            unlabelled = cv2.resize(unlabelled, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+        mixed = cv2.copyTo(frame, unlabelled, mixed)
     return mixed
 
 
@@ -107,15 +110,12 @@ def render(
     `class_map` may be at model resolution: it is coloured small and the colour image resized
     to the frame with nearest neighbour (the same pixels as upscaling the labels, less work).
     """
-    size = (frame.shape[1], frame.shape[0])
-    small = class_map
-    colour = colourise(small, palette_bgr)
-    if small.shape != frame.shape[:2]:
-        colour = cv2.resize(colour, size, interpolation=cv2.INTER_NEAREST)
-        class_map = cv2.resize(small, size, interpolation=cv2.INTER_NEAREST)
+    colour = colourise(class_map, palette_bgr)
+    if class_map.shape != frame.shape[:2]:
+        colour = cv2.resize(colour, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
     out = blend(frame, colour, class_map, alpha)
     if legend:
-        draw_legend(out, class_shares(small, labels.num_classes), labels, palette_bgr)
+        draw_legend(out, class_shares(class_map, labels.num_classes), labels, palette_bgr)
     if hud_lines:
         draw_hud(out, hud_lines)
     return out

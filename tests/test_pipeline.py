@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared
-from edgeseg.errors import StreamError
+from edgeseg.errors import EdgesegError, StreamError
 from edgeseg.labels import CAMVID
 from edgeseg.overlay import blend, class_shares, colourise, render
 from edgeseg.pipeline import PipelineOptions, run
@@ -119,6 +119,35 @@ def test_smoothing_refuses_class_map_models(tiny_tflite):
     with VideoFileSource(shared("video", "vtest.avi")) as source:
         with pytest.raises(EdgesegError, match="class scores"):
             run(source, seg, PipelineOptions(smooth=0.5, max_frames=2), progress=False)
+
+
+def test_overlay_from_a_model_size_map_equals_the_upscaled_map(street_frames):
+    """render colours the class map at model size and upscales the colours (and the not-labelled
+    mask, when there is one): the same picture as upscaling the labels first."""
+    frame = street_frames[0]
+    rng = np.random.default_rng(0)
+    for share_unlabelled in (0.0, 0.3):
+        small = rng.integers(1, 12, (96, 128)).astype(np.uint8)
+        small[rng.random(small.shape) < share_unlabelled] = 0
+        full = cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+        palette = CAMVID.palette_bgr()
+        expected = cv2.addWeighted(frame, 0.6, palette[full], 0.4, 0.0)
+        expected[full == 0] = frame[full == 0]
+        np.testing.assert_array_equal(render(frame, small, CAMVID, palette, 0.4, legend=False), expected)
+        np.testing.assert_array_equal(render(frame, full, CAMVID, palette, 0.4, legend=False), expected)
+
+
+def test_file_decoding_uses_the_threads_asked_for():
+    clip = shared("video", "vtest.avi")
+    for threads in (1, 2):
+        with VideoFileSource(clip, decode_threads=threads) as source:
+            assert source._cap.get(cv2.CAP_PROP_N_THREADS) == threads
+            assert source.read().shape == (360, 480, 3)
+    with VideoFileSource(clip) as one, VideoFileSource(clip, decode_threads=0) as auto:
+        for _ in range(20):  # the decoder's thread count does not change the pixels
+            np.testing.assert_array_equal(one.read(), auto.read())
+    with pytest.raises(EdgesegError, match="decode-threads"):
+        VideoFileSource(clip, decode_threads=-1)
 
 
 def test_overlay_colours_blends_and_leaves_unlabelled_pixels_alone():

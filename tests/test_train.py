@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, shared
-from edgeseg.preprocess import InputSpec, resize_mask
+from edgeseg.preprocess import InputSpec, resize_image, resize_mask
 
 
 def test_nearest_mask_resize_keeps_only_original_labels(camvid):
@@ -25,6 +25,22 @@ def test_nearest_mask_resize_keeps_only_original_labels(camvid):
         # What the tutorial did: bilinear resizing invents labels that are in neither neighbour.
         blurred = cv2.resize(mask, (133, 100), interpolation=cv2.INTER_LINEAR)
         assert not set(np.unique(blurred)) <= set(np.unique(mask))
+
+
+def test_area_resize_gives_opencvs_uint8_bytes_at_every_ratio(camvid, street_frames):
+    """resize_image shrinks through float32 for speed; the bytes must stay OpenCV's uint8 INTER_AREA
+    (training and the runtime share it), for integer and non-integer ratios and 1/3/4 channels."""
+    import cv2
+
+    images = [cv2.imread(str(p)) for p in sorted((camvid / "images" / "validation").glob("*"))[:3]]
+    for image in images + street_frames[:3]:
+        for source_wh in ((480, 360), (640, 480), (1280, 720), (512, 384), (333, 251)):
+            frame = cv2.resize(image, source_wh, interpolation=cv2.INTER_LINEAR)
+            for colour_code in (None, cv2.COLOR_BGR2GRAY, cv2.COLOR_BGR2BGRA):
+                pixels = frame if colour_code is None else cv2.cvtColor(frame, colour_code)
+                for size_hw in ((192, 256), (128, 128), (96, 128)):
+                    expected = cv2.resize(pixels, size_hw[::-1], interpolation=cv2.INTER_AREA)
+                    np.testing.assert_array_equal(resize_image(pixels, size_hw), expected)
 
 
 def test_augmentation_keeps_labels_and_aligns_image_and_mask(camvid):
