@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared
-from edgeseg.errors import EdgesegError, StreamError
+from edgeseg.errors import EdgesegError, InputError, StreamError
 from edgeseg.labels import CAMVID
 from edgeseg.overlay import blend, class_shares, colourise, render
 from edgeseg.pipeline import PipelineOptions, run
@@ -64,6 +64,65 @@ def test_failure_mid_run_removes_the_partial_output(tiny_tflite, tmp_path):
         with pytest.raises(RuntimeError):
             run(source, seg, PipelineOptions(), sink=sink, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(params=["one host thread", "reader and drawer"])
+def thread_layout(request, monkeypatch):
+    """Both host-thread layouts (2-core devices get one host thread, larger ones two)."""
+    monkeypatch.setattr("edgeseg.pipeline.separate_reader", lambda: request.param == "reader and drawer")
+    return request.param
+
+
+class _KeepingSink(VideoSink):
+    """A real sink that also keeps what it was given, to compare frame by frame."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.kept = []
+
+    def write(self, frame):
+        self.kept.append(frame.copy())
+        super().write(frame)
+
+
+def test_every_inferred_frame_is_drawn_in_order_in_both_thread_layouts(tiny_tflite, tmp_path, thread_layout):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    with VideoFileSource(shared("video", "vtest.avi")) as source:
+        sink = _KeepingSink(tmp_path / "o.mp4", source.fps, (480, 360))
+        stats = run(source, seg, PipelineOptions(max_frames=37, hud=False), sink=sink, progress=False)
+    assert stats.frames == 37 and len(sink.kept) == 37
+    assert int(cv2.VideoCapture(str(tmp_path / "o.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 37
+    with VideoFileSource(shared("video", "vtest.avi")) as source:
+        for index, got in enumerate(sink.kept):  # output frame i is the overlay of input frame i
+            frame = source.read()
+            expected = render(frame, seg.segment(frame), seg.labels, seg.palette_bgr, 0.5, legend=True)
+            np.testing.assert_array_equal(got, expected, err_msg=f"frame {index}")
+
+
+class _FailingSink(VideoSink):
+    def write(self, frame):
+        if self.frames == 6:
+            raise OSError("disk full")
+        super().write(frame)
+
+
+class _FailingSource(VideoFileSource):
+    def read(self):
+        if self._read == 6:
+            raise InputError("frame 6 is unreadable")
+        return super().read()
+
+
+@pytest.mark.parametrize("broken", ["sink", "source"])
+def test_host_thread_failures_stop_the_run_cleanly_in_both_layouts(tiny_tflite, tmp_path, thread_layout, broken):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    source_type = _FailingSource if broken == "source" else VideoFileSource
+    sink_type = _FailingSink if broken == "sink" else VideoSink
+    with source_type(shared("video", "vtest.avi")) as source:
+        sink = sink_type(tmp_path / "x.mp4", source.fps, (480, 360))
+        with pytest.raises(EdgesegError, match="disk full" if broken == "sink" else "frame 6"):
+            run(source, seg, PipelineOptions(), sink=sink, progress=False)
+    assert list(tmp_path.iterdir()) == []  # the partial output is gone
 
 
 def test_smoothing_reduces_flicker_on_a_real_clip(tiny_tflite):
