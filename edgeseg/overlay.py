@@ -56,8 +56,11 @@ def blend(frame: np.ndarray, colour: np.ndarray, class_map: np.ndarray, alpha: f
 
 def class_shares(class_map: np.ndarray, num_classes: int) -> np.ndarray:
     """Share of the frame (0..1) covered by each class index."""
-    counts = np.bincount(class_map.reshape(-1), minlength=num_classes)[:num_classes]
-    return counts / max(1, class_map.size)
+    if class_map.dtype == np.uint8 and num_classes <= 256:  # OpenCV's histogram: no int64 copy of the map
+        counts = cv2.calcHist([class_map], [0], None, [num_classes], [0, num_classes]).reshape(-1)
+    else:
+        counts = np.bincount(class_map.reshape(-1), minlength=num_classes)[:num_classes]
+    return counts.astype(np.float64) / max(1, class_map.size)
 
 
 def draw_legend(image: np.ndarray, shares: np.ndarray, labels: LabelSet, palette_bgr: np.ndarray) -> np.ndarray:
@@ -93,7 +96,7 @@ def draw_hud(image: np.ndarray, lines: list[str]) -> np.ndarray:
 
 def _dark_panel(image: np.ndarray, x: int, y: int, width: int, height: int) -> None:
     region = image[y : y + height, x : x + width]
-    region[:] = (region * (1.0 - PANEL_ALPHA)).astype(np.uint8)
+    cv2.convertScaleAbs(region, region, 1.0 - PANEL_ALPHA)  # in place (a view into `image`)
 
 
 def render(

@@ -61,6 +61,26 @@ def test_argmax_on_raw_int8_equals_argmax_of_dequantised_scores(tiny_tflite, str
         np.testing.assert_array_equal(seg.classes(raw), np.argmax(seg.scores(raw), axis=-1))
 
 
+def test_packed_key_argmax_equals_numpy_argmax_ties_and_extremes_included(tiny_tflite, street_frames):
+    from edgeseg.segmenter import argmax_channels
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.int8, np.uint8):
+        limits = np.iinfo(dtype)
+        for channels in (1, 2, 12, 16, 17, 151):
+            for low, high in ((limits.min, limits.max + 1), (0, 2), (limits.max - 1, limits.max + 1)):
+                scores = rng.integers(low, high, (37, 53, channels)).astype(dtype)  # narrow ranges: ties everywhere
+                got = argmax_channels(scores)
+                assert got.dtype == np.uint8
+                np.testing.assert_array_equal(got, np.argmax(scores, axis=-1))
+            np.testing.assert_array_equal(argmax_channels(np.full((5, 7, channels), limits.min, dtype)), 0)
+    for variant in ("int8", "uint8"):  # real outputs
+        seg = Segmenter(SegmenterOptions(tiny_tflite[variant]))
+        for frame in street_frames[:3]:
+            raw = seg.infer(frame)
+            np.testing.assert_array_equal(seg.classes(raw), np.argmax(raw, axis=-1))
+
+
 def test_argmax_in_graph_equals_host_argmax(tiny_tflite, street_frames):
     in_graph = Segmenter(SegmenterOptions(tiny_tflite["argmax"]))
     host = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
