@@ -81,6 +81,7 @@ class RunStats:
     flicker: float
     truncated: bool
     stage_ms: dict[str, float] = field(default_factory=dict)
+    argmax_on_inference_thread: int = 0  # frames whose argmax the inference thread took over
 
     def summary(self) -> str:
         stages = ", ".join(f"{name} {ms:.2f}" for name, ms in self.stage_ms.items())
@@ -88,7 +89,9 @@ class RunStats:
                 f" ({self.seconds:.2f} s), inference p50 {self.inference_p50_ms:.2f} ms"
                 f" p90 {self.inference_p90_ms:.2f} ms (limit {self.inference_fps:.1f} FPS),"
                 f" flicker {100 * self.flicker:.2f}% of pixels/frame"
-                + (f"; host stages p50 ms: {stages}" if stages else ""))
+                + (f"; host stages p50 ms: {stages}" if stages else "")
+                + (f"; argmax on the inference thread for {self.argmax_on_inference_thread} frames"
+                   if self.argmax_on_inference_thread else ""))
 
 
 class TemporalSmoother:
@@ -151,6 +154,7 @@ def run(
 def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, sink: VideoSink | None,
          show: Callable[[np.ndarray], bool] | None, progress: bool) -> RunStats:
     smoother = TemporalSmoother(segmenter, options.smooth)
+    separate_reader_now = not source.live and separate_reader()
     labels, palette = segmenter.labels, segmenter.palette_bgr
     inference_ms: deque[float] = deque(maxlen=STATS_WINDOW)
     changed: deque[float] = deque(maxlen=STATS_WINDOW)
@@ -166,8 +170,23 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
     previous: dict[str, np.ndarray | None] = {"map": None}
     # Per-frame ms of each host stage (live sources decode on their own capture thread and
     # prepare on the inference thread).
-    stage_ms = {name: deque(maxlen=STATS_WINDOW) for name in ("decode", "prepare", "draw", "encode")}
+    stage_ms = {name: deque(maxlen=STATS_WINDOW) for name in ("decode", "prepare", "argmax", "draw", "encode")}
     clock = time.perf_counter
+    # The argmax may run on either side of the inference queue. Each frame it goes to the inference
+    # thread when that thread's own work (prepare for live sources, invoke) took less than the host
+    # thread's work without it (decode, prepare, draw, encode): then the slower side gets lighter.
+    # A stateful smoother must see frames in order, so with smoothing it stays on the host thread.
+    busy = {"inference": 0.0, "host": 0.0}  # moving averages, ms per frame
+    balance = not options.smooth and not separate_reader_now
+
+    def average(side: str, ms: float) -> None:
+        busy[side] = ms if not busy[side] else 0.9 * busy[side] + 0.1 * ms
+
+    def argmax(raw: np.ndarray) -> np.ndarray:
+        t0 = clock()
+        class_map = smoother(raw)
+        stage_ms["argmax"].append((clock() - t0) * 1000)
+        return class_map
 
     def read_one() -> bool:
         t0 = clock()
@@ -176,15 +195,20 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
             return False
         t1 = clock()
         tensor = segmenter.prepare(frame)
+        t2 = clock()
         stage_ms["decode"].append((t1 - t0) * 1000)
-        stage_ms["prepare"].append((clock() - t1) * 1000)
+        stage_ms["prepare"].append((t2 - t1) * 1000)
         frames_in.put((frame, tensor))
+        average("host", (t2 - t0) * 1000 + read_one.draw_ms)
         return True
 
+    read_one.draw_ms = 0.0  # the host's last draw + encode time, without the argmax
+
     def draw_one(item: tuple) -> None:
-        frame, raw, infer_ms = item
+        frame, raw, class_map, infer_ms = item
+        if class_map is None:
+            class_map = argmax(raw)
         t0 = clock()
-        class_map = smoother(raw)
         if previous["map"] is not None:
             changed.append(float(np.count_nonzero(class_map != previous["map"])) / class_map.size)
         previous["map"] = class_map
@@ -195,9 +219,14 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         image = render(frame, class_map, labels, palette, options.alpha, options.legend, hud)
         t1 = clock()
         stage_ms["draw"].append((t1 - t0) * 1000)
+        t2 = t1
         if sink is not None:
             sink.write(image)
-            stage_ms["encode"].append((clock() - t1) * 1000)
+            t2 = clock()
+            stage_ms["encode"].append((t2 - t1) * 1000)
+        read_one.draw_ms = (t2 - t0) * 1000
+        if source.live:
+            average("host", read_one.draw_ms)
         latest["image"] = image
 
     def draw_loop() -> None:
@@ -249,7 +278,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
             if reading:
                 frames_in.put(_END)
 
-    if not source.live and separate_reader():
+    if not source.live and separate_reader_now:
         threads = [threading.Thread(target=read_loop, name="read", daemon=True),
                    threading.Thread(target=draw_loop, name="draw", daemon=True)]
     else:
@@ -261,25 +290,33 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
     if options.max_frames and total:
         total = min(total, options.max_frames)
     bar = tqdm(total=total, unit="frame", desc="segment", disable=not progress or total is None, leave=False)
-    frames = 0
+    frames = moved = 0
     started = time.perf_counter()
     try:
         while not stop.is_set():
+            prepare_ms = 0.0
             if source.live:
                 frame = source.read()
                 if frame is None:
                     break
                 t0 = clock()
                 tensor = segmenter.prepare(frame)
-                stage_ms["prepare"].append((clock() - t0) * 1000)
+                prepare_ms = (clock() - t0) * 1000
+                stage_ms["prepare"].append(prepare_ms)
             else:
                 item = frames_in.get()
                 if item is _END:
                     break
                 frame, tensor = item
+            t0 = clock()
             raw = segmenter.invoke(tensor)
             inference_ms.append(segmenter.last_inference_ms)
-            drawn.put((frame, raw, segmenter.last_inference_ms))
+            class_map = None
+            if balance and 0 < busy["inference"] < busy["host"]:
+                class_map = argmax(raw)
+                moved += 1
+            average("inference", prepare_ms + (clock() - t0) * 1000)
+            drawn.put((frame, raw, class_map, segmenter.last_inference_ms))
             frames += 1
             bar.update(1)
             if show is not None and latest["image"] is not None and not show(latest["image"]):
@@ -303,7 +340,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         error = errors[0]
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
-    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None, stage_ms)
+    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None, stage_ms, moved)
     if sink is not None:
         sink.finish()
     if truncated_at is not None:
@@ -324,7 +361,7 @@ def _shutdown(stop: threading.Event, drawn: "queue.Queue", threads: list[threadi
 
 
 def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[float], changed: Sequence[float],
-           truncated: bool, stage_ms: dict[str, Sequence[float]]) -> RunStats:
+           truncated: bool, stage_ms: dict[str, Sequence[float]], argmax_moved: int) -> RunStats:
     times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
     return RunStats(
         frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
@@ -332,4 +369,5 @@ def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[flo
         inference_fps=1000.0 / float(times.mean()) if times.mean() > 0 else 0.0,
         flicker=float(np.mean(changed)) if changed else 0.0, truncated=truncated,
         stage_ms={name: float(np.median(values)) for name, values in stage_ms.items() if values},
+        argmax_on_inference_thread=argmax_moved,
     )

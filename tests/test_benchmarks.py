@@ -68,7 +68,7 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     assert record["peak_gops"]["int8"] > 0 and record["peak_gops"]["float32"] > 0
     pipe = record["pipeline"][0]
     assert 0 < pipe["ratio"] <= 1.5 and pipe["inference_only_p50_ms"] > 0 and pipe["frames"] == 300
-    assert pipe["host_only_fps"] > 0 and set(pipe["host_stage_p50_ms"]) == {"decode", "prepare", "draw", "encode"}
+    assert pipe["host_only_fps"] > 0 and set(pipe["host_stage_p50_ms"]) == {"decode", "prepare", "argmax", "draw", "encode"}
     assert any("than TFLite float32" in text for text in record["ratios"])  # faster or slower: timing noise
 
     report.append_results(record, tmp_path / "results")

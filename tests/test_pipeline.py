@@ -125,6 +125,33 @@ def test_host_thread_failures_stop_the_run_cleanly_in_both_layouts(tiny_tflite, 
     assert list(tmp_path.iterdir()) == []  # the partial output is gone
 
 
+class _SlowSink(VideoSink):
+    """A real sink on a slow disk: the host thread becomes the slower side."""
+
+    def write(self, frame):
+        time.sleep(0.004)
+        super().write(frame)
+
+
+@pytest.mark.parametrize("slower", ["host", "inference", "host, smoothing"])
+def test_argmax_moves_to_the_inference_thread_only_when_the_host_is_slower(tiny_tflite, tmp_path, slower,
+                                                                           monkeypatch):
+    monkeypatch.setattr("edgeseg.pipeline.separate_reader", lambda: False)
+    seg = SlowConsumer(SegmenterOptions(tiny_tflite["int8"])) if slower == "inference" else \
+        Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    sink_type = VideoSink if slower == "inference" else _SlowSink
+    with VideoFileSource(shared("video", "vtest.avi")) as source:
+        sink = sink_type(tmp_path / "o.mp4", source.fps, (480, 360))
+        options = PipelineOptions(max_frames=30, smooth=0.5 if "smoothing" in slower else 0.0)
+        stats = run(source, seg, options, sink=sink, progress=False)
+    assert stats.frames == 30 and sink.frames == 30
+    if slower == "host":
+        assert stats.argmax_on_inference_thread >= 20, stats
+        assert "argmax on the inference thread" in stats.summary()
+    else:  # inference is the slower side, or a smoother needs every frame in order on one thread
+        assert stats.argmax_on_inference_thread == 0, stats
+
+
 def test_smoothing_reduces_flicker_on_a_real_clip(tiny_tflite):
     seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
     flicker = {}
@@ -142,7 +169,7 @@ def test_host_stages_are_timed_per_frame(tiny_tflite, tmp_path):
         sink = VideoSink(tmp_path / "o.mp4", source.fps, (480, 360))
         stats = run(source, seg, PipelineOptions(max_frames=20), sink=sink, progress=False)
     assert cv2.getNumThreads() == 2  # the pipeline's single-threaded OpenCV is undone afterwards
-    assert set(stats.stage_ms) == {"decode", "prepare", "draw", "encode"}
+    assert set(stats.stage_ms) == {"decode", "prepare", "argmax", "draw", "encode"}
     assert all(0 < ms < 1000 for ms in stats.stage_ms.values()), stats.stage_ms
     assert "host stages p50 ms: decode" in stats.summary()
     with VideoFileSource(shared("video", "vtest.avi")) as source:  # no sink: nothing encoded, nothing timed
