@@ -159,10 +159,13 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
     inference_ms: deque[float] = deque(maxlen=STATS_WINDOW)
     changed: deque[float] = deque(maxlen=STATS_WINDOW)
     # Frames in flight (read and not yet drawn) each hold one of QUEUE_FRAMES slots, which bounds
-    # both queues: no put ever blocks, and shutting down needs no draining.
-    slots = threading.Semaphore(QUEUE_FRAMES)
-    drawn: "queue.Queue" = queue.Queue()
-    frames_in: "queue.Queue" = queue.Queue()
+    # both queues: no put ever blocks, and shutting down needs no draining. SimpleQueue is in C
+    # (queue.Queue and threading.Semaphore run Python code on every call); `slots` holds tokens.
+    slots: "queue.SimpleQueue" = queue.SimpleQueue()
+    for _ in range(QUEUE_FRAMES):
+        slots.put(None)
+    drawn: "queue.SimpleQueue" = queue.SimpleQueue()
+    frames_in: "queue.SimpleQueue" = queue.SimpleQueue()
     errors: list[BaseException] = []
     latest = {"image": None}
     stop = threading.Event()
@@ -234,7 +237,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         try:
             while (item := drawn.get()) is not _END:
                 draw_one(item)
-                slots.release()
+                slots.put(None)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
             stop.set()
@@ -243,7 +246,11 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         """A separate reader (devices with cores to spare): decodes and prepares ahead."""
         try:
             while not stop.is_set():
-                if slots.acquire(timeout=0.05) and not read_one():
+                try:
+                    slots.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if not read_one():
                     return
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -257,7 +264,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         reading = not source.live
         try:
             while True:
-                if reading and not stop.is_set() and slots.acquire(blocking=False):
+                if reading and not stop.is_set() and _take(slots):
                     if not read_one():
                         reading = False
                         frames_in.put(_END)
@@ -270,7 +277,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
                 if item is _END:
                     return
                 draw_one(item)
-                slots.release()
+                slots.put(None)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
             stop.set()
@@ -350,7 +357,16 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
     return stats
 
 
-def _shutdown(stop: threading.Event, drawn: "queue.Queue", threads: list[threading.Thread]) -> None:
+def _take(tokens: "queue.SimpleQueue") -> bool:
+    """Take a token if one is free, without waiting."""
+    try:
+        tokens.get_nowait()
+    except queue.Empty:
+        return False
+    return True
+
+
+def _shutdown(stop: threading.Event, drawn: "queue.SimpleQueue", threads: list[threading.Thread]) -> None:
     """Stop and join the host thread before the caller releases the source or the sink
     (releasing a capture while a thread is inside read() crashes the decoder). It draws every
     frame already inferred first, so the output holds each frame that went through the model."""
