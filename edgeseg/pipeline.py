@@ -38,9 +38,10 @@ _END = object()
 def separate_reader() -> bool:
     """Whether video files get a reader thread of their own, apart from the drawer.
 
-    With 2 cores, one runs inference and one does all host work: a third busy thread only makes
-    the two preempt each other (2-core VM, 8 interleaved A/B runs: median +8 % end-to-end FPS and
-    3 % less CPU per frame with one host thread). With more cores, decoding and drawing each get one.
+    With 2 cores, one runs inference and one does all host work, and a third busy thread only makes
+    the two preempt each other. On the 2-core VM, 8 interleaved A/B runs with one host thread gave
+    a median of +8 % end-to-end FPS and 3 % less CPU per frame; single runs there vary by more than
+    that. With more cores, decoding and drawing each get a thread.
     """
     return (os.cpu_count() or 1) > 2
 
