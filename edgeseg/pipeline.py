@@ -181,6 +181,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
     # thread's work without it (decode, prepare, draw, encode): then the slower side gets lighter.
     # A stateful smoother must see frames in order, so with smoothing it stays on the host thread.
     busy = {"inference": 0.0, "host": 0.0}  # moving averages, ms per frame
+    last_draw_ms = {"host": 0.0}  # the host's latest draw + encode, without the argmax
     balance = not options.smooth and not separate_reader_now
 
     def average(side: str, ms: float) -> None:
@@ -203,10 +204,8 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         stage_ms["decode"].append((t1 - t0) * 1000)
         stage_ms["prepare"].append((t2 - t1) * 1000)
         frames_in.put((frame, tensor))
-        average("host", (t2 - t0) * 1000 + read_one.draw_ms)
+        average("host", (t2 - t0) * 1000 + last_draw_ms["host"])
         return True
-
-    read_one.draw_ms = 0.0  # the host's last draw + encode time, without the argmax
 
     def draw_one(item: tuple) -> None:
         frame, raw, class_map, infer_ms = item
@@ -228,9 +227,9 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
             sink.write(image)
             t2 = clock()
             stage_ms["encode"].append((t2 - t1) * 1000)
-        read_one.draw_ms = (t2 - t0) * 1000
+        last_draw_ms["host"] = (t2 - t0) * 1000
         if source.live:
-            average("host", read_one.draw_ms)
+            average("host", last_draw_ms["host"])
         latest["image"] = image
 
     def draw_loop() -> None:
@@ -286,7 +285,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
             if reading:
                 frames_in.put(_END)
 
-    if not source.live and separate_reader_now:
+    if separate_reader_now:
         threads = [threading.Thread(target=read_loop, name="read", daemon=True),
                    threading.Thread(target=draw_loop, name="draw", daemon=True)]
     else:
@@ -368,8 +367,8 @@ def _take(tokens: "queue.SimpleQueue") -> bool:
 
 
 def _shutdown(stop: threading.Event, drawn: "queue.SimpleQueue", threads: list[threading.Thread]) -> None:
-    """Stop and join the host thread before the caller releases the source or the sink
-    (releasing a capture while a thread is inside read() crashes the decoder). It draws every
+    """Stop and join the host threads before the caller releases the source or the sink
+    (releasing a capture while a thread is inside read() crashes the decoder). They draw every
     frame already inferred first, so the output holds each frame that went through the model."""
     stop.set()
     drawn.put(_END)
