@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.backend import make_interpreter, make_plain_interpreter, op_details
+
 PROBES = Path(__file__).parent / "probes"
 PROBE_SHAPE = (1, 112, 112, 128)  # input of the probe convolution; 128 -> 128 channels, 3x3
 PROBE_FILES = {"float32": PROBES / "conv3x3_float32.tflite", "int8": PROBES / "conv3x3_int8.tflite"}
@@ -21,7 +23,7 @@ def graph_ops(interpreter) -> int:
     """2 x multiply-accumulates of the convolutions and fully connected layers of a graph."""
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     total = 0
-    for op in interpreter._get_ops_details():  # noqa: SLF001 - the public API has no op list
+    for op in op_details(interpreter):
         name = op["op_name"]
         if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
             continue
@@ -49,8 +51,6 @@ def model_ops(model_content: bytes) -> int:
     delegate never writes resolved shapes back. So count after one invoke on the builtin kernels,
     without delegates; models that cannot run that way (Edge TPU custom ops) are counted as stored.
     """
-    from edgeseg.backend import make_plain_interpreter
-
     interpreter = make_plain_interpreter(model_content)
     try:
         for detail in interpreter.get_input_details():
@@ -67,8 +67,6 @@ def measure_peak(threads: int | None, runs: int = 30) -> dict[str, float]:
     From the fastest of `runs` invokes: on a shared machine interference only ever slows a run
     down, so the best run is the closest to what the hardware can do (a median drifted by 2x).
     """
-    from edgeseg.backend import make_interpreter
-
     peaks = {}
     for dtype, path in PROBE_FILES.items():
         if not path.is_file():

@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +88,10 @@ def head_ops(model: bytes) -> list[str]:
 
     Walks back from the (single) output through each op's first input until a convolution.
     """
-    from edgeseg.backend import make_plain_interpreter
+    from edgeseg.backend import make_plain_interpreter, op_details
 
     interpreter = make_plain_interpreter(model)
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only API listing op types and tensors
+    ops = op_details(interpreter)
     producer = {tensor: op for op in ops for tensor in op["outputs"]}
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     tensor = interpreter.get_output_details()[0]["index"]
@@ -136,14 +137,10 @@ EDGETPU_OPS = frozenset({
 
 def ops_outside_edgetpu(model: bytes) -> dict[str, int]:
     """Op types of `model` the Edge TPU compiler does not map, with their counts."""
-    from edgeseg.backend import make_plain_interpreter
+    from edgeseg.backend import make_plain_interpreter, op_details
 
-    interpreter = make_plain_interpreter(model)
-    counts: dict[str, int] = {}
-    for op in interpreter._get_ops_details():  # noqa: SLF001 - the only API listing op types
-        if op["op_name"] not in EDGETPU_OPS:
-            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return counts
+    ops = op_details(make_plain_interpreter(model))
+    return dict(Counter(op["op_name"] for op in ops if op["op_name"] not in EDGETPU_OPS))
 
 
 def compile_edgetpu(model_path: Path, out_dir: Path) -> tuple[Path | None, str]:

@@ -124,3 +124,12 @@ def make_plain_interpreter(model_content: bytes, runtime: Runtime | None = None)
     interpreter = runtime.interpreter_class(model_content=model_content, **options)
     interpreter.allocate_tensors()
     return interpreter
+
+
+def op_details(interpreter: Any) -> list[dict]:
+    """Every op of an interpreter's graph: ``op_name``, ``inputs`` and ``outputs`` tensor indices.
+
+    Through the interpreters' private `_get_ops_details`, the only API that lists ops (all three
+    runtimes have it); kept here so no other module reaches into interpreter internals.
+    """
+    return interpreter._get_ops_details()  # noqa: SLF001

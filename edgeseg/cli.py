@@ -184,7 +184,8 @@ def video(
     from edgeseg.sources import open_source
 
     segmenter = _segmenter(model, threads, device)  # fail on a bad model before opening the source
-    _run_stream(open_source(source, decode_threads), segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration)
+    _run_stream(open_source(source, decode_threads), segmenter, output, headless, alpha, legend, hud, smooth,
+                max_frames, duration)
 
 
 @app.command()
@@ -328,8 +329,8 @@ def demo(
     clip = source or demo_clip()
     check_writable_dir(output)
     video_path = output / "demo.mp4"
-    stats = _run_stream(VideoFileSource(clip, decode_threads), _segmenter(model, threads, Device.auto), video_path, True, 0.5,
-                        True, True, 0.0, 0, 0.0)
+    stats = _run_stream(VideoFileSource(clip, decode_threads), _segmenter(model, threads, Device.auto), video_path,
+                        True, 0.5, True, True, 0.0, 0, 0.0)
     sheet = output / "contact_sheet.png"
     write_image(sheet, contact_sheet(clip, video_path))
     typer.echo(f"wrote {sheet}")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edgeseg.backend import op_details
 from edgeseg.metadata import read_metadata
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
@@ -209,7 +210,7 @@ def test_float_head_fallback_keeps_the_last_conv_float(tiny_run, camvid, tmp_pat
     assert head["verification"]["agreement"] > 0.8
     interpreter = Interpreter(model_path=head["path"])
     dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
-    convs = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    convs = [op for op in op_details(interpreter) if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     assert [dtypes[op["outputs"][0]] for op in convs[:-1]] == [np.int8] * (len(convs) - 1)  # int8 body
     assert dtypes[convs[-1]["outputs"][0]] == np.float32  # the head
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, shared
+from edgeseg.backend import op_details
 from edgeseg.preprocess import InputSpec, resize_image, resize_mask
 
 
@@ -124,7 +125,7 @@ def test_unet_batch_norm_option_folds_away_at_export():
     def op_counts(model):
         data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
         interpreter = tf.lite.Interpreter(model_content=data)
-        return collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
+        return collections.Counter(op["op_name"] for op in op_details(interpreter))
 
     assert op_counts(normed) == op_counts(plain)  # BatchNorm folded into the convs: free at inference
 
