@@ -172,6 +172,10 @@ class Segmenter:
         self._lut_cv = None
         if self._lut is not None and self._lut.dtype in (np.int8, np.uint8):
             self._lut_cv = (self._lut[:, 0].reshape(1, 256) if same else self._lut.reshape(1, 256, 3)).copy()
+        # The usual quantisation (pixels / 255, scale 1/255, zero point -128 or 0) maps each byte to
+        # itself plus a constant modulo 256: one 8-bit add (or nothing) does the lookup's work in
+        # 0.005 ms instead of 0.08 ms for a 256x192 input.
+        self._byte_offset = _byte_offset(self._lut) if self._lut is not None else None
         self.last_inference_ms = 0.0
 
     def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
@@ -181,7 +185,11 @@ class Segmenter:
         reader thread so this host work overlaps inference).
         """
         pixels = prepare_pixels(frame_bgr, self.spec, bgr=True)
-        if self._lut_cv is not None:
+        if self._byte_offset is not None:
+            if self._byte_offset:
+                pixels = np.add(pixels, np.uint8(self._byte_offset))  # wraps modulo 256
+            tensor = pixels.view(self._in_dtype)
+        elif self._lut_cv is not None:
             tensor = cv2.LUT(pixels, self._lut_cv)  # one table lookup per pixel: normalise + quantise
         elif self._lut is not None:
             tensor = np.stack([self._lut[:, c][pixels[..., c]] for c in range(3)], axis=-1)
@@ -250,6 +258,17 @@ def argmax_channels(raw: np.ndarray) -> np.ndarray:
     best = keys.max(axis=0)
     best &= (1 << KEY_BITS) - 1
     return ((1 << KEY_BITS) - 1 - best).astype(np.uint8)
+
+
+def _byte_offset(lut: np.ndarray) -> int | None:
+    """The constant ``k`` with ``lut[v] == (v + k) mod 256`` (as bytes) for every pixel value and
+    channel of an 8-bit table, or None when the table is not such a shift."""
+    if lut.dtype not in (np.int8, np.uint8):
+        return None
+    as_bytes = lut.view(np.uint8)
+    offset = int(as_bytes[0, 0])
+    shifted = ((np.arange(256) + offset) % 256).astype(np.uint8)
+    return offset if bool((as_bytes == shifted[:, np.newaxis]).all()) else None
 
 
 def _quantize_lut(spec: InputSpec, info: TensorInfo) -> np.ndarray:

@@ -53,6 +53,29 @@ def test_quantised_input_lut_matches_normalise_then_quantise(tiny_tflite, street
         assert np.abs(tensor.astype(int) - expected.astype(int)).max() <= 1  # rounding of x.5 only
 
 
+def test_byte_shift_fast_path_equals_the_table_lookup(tiny_tflite, street_frames):
+    """int8 input (zero point -128) is each byte + 128, uint8 input (zero point 0) each byte as is:
+    the 8-bit add gives the table's bytes exactly; other tables keep the lookup."""
+    import cv2
+
+    from edgeseg.preprocess import InputSpec, prepare_pixels
+    from edgeseg.segmenter import TensorInfo, _byte_offset, _quantize_lut
+
+    for variant, offset in (("int8", 128), ("uint8", 0)):
+        seg = Segmenter(SegmenterOptions(tiny_tflite[variant]))
+        assert seg._byte_offset == offset, variant
+        for frame in street_frames[:3]:
+            fast = seg.prepare(frame)
+            looked_up = cv2.LUT(prepare_pixels(frame, seg.spec, bgr=True), seg._lut_cv)[np.newaxis]
+            assert fast.dtype == looked_up.dtype and fast.flags.c_contiguous
+            np.testing.assert_array_equal(fast, looked_up)
+    int8 = TensorInfo("x", (1, 8, 8, 3), "int8", 1 / 255, -128)
+    imagenet = InputSpec(8, 8, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
+    assert _byte_offset(_quantize_lut(InputSpec(8, 8), int8)) == 128
+    assert _byte_offset(_quantize_lut(imagenet, TensorInfo("x", (1, 8, 8, 3), "int8", 0.0186, -14))) is None
+    assert _byte_offset(_quantize_lut(InputSpec(8, 8), TensorInfo("x", (1, 8, 8, 3), "int8", 2 / 255, -128))) is None
+
+
 def test_argmax_on_raw_int8_equals_argmax_of_dequantised_scores(tiny_tflite, street_frames):
     seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
     for frame in street_frames[:3]:
