@@ -66,7 +66,10 @@ def markdown_table(latest: dict[str, dict], reports_dir: Path) -> str:
         for pipe in record.get("pipeline", []):
             lines.append(f"| {device} | {pipe['model']}, whole pipeline on {pipe['video']} | | {pipe['threads']} | | |"
                          f" {pipe['end_to_end_fps']:.1f} ({100 * pipe['ratio']:.0f}% of {pipe['inference_only_fps']:.1f}"
-                         " inference-only" + (f"; host alone {pipe['host_only_fps']:.0f}" if "host_only_fps" in pipe else "")
+                         " inference-only"
+                         + (f", ceiling {100 * pipe['ratio_ceiling']:.0f}% at {pipe['cpu_ms_per_frame']:.1f} ms CPU/frame"
+                            f" on {pipe['cores']} cores" if "ratio_ceiling" in pipe else "")
+                         + (f"; host alone {pipe['host_only_fps']:.0f}" if "host_only_fps" in pipe else "")
                          + ") | | | |")
     from benchmarks.measure import speedups
 

@@ -83,6 +83,7 @@ class RunStats:
     truncated: bool
     stage_ms: dict[str, float] = field(default_factory=dict)
     argmax_on_inference_thread: int = 0  # frames whose argmax the inference thread took over
+    cpu_ms_per_frame: float = 0.0  # CPU time of the whole process (every thread) per frame
 
     def summary(self) -> str:
         stages = ", ".join(f"{name} {ms:.2f}" for name, ms in self.stage_ms.items())
@@ -90,6 +91,7 @@ class RunStats:
                 f" ({self.seconds:.2f} s), inference p50 {self.inference_p50_ms:.2f} ms"
                 f" p90 {self.inference_p90_ms:.2f} ms (limit {self.inference_fps:.1f} FPS),"
                 f" flicker {100 * self.flicker:.2f}% of pixels/frame"
+                + (f"; CPU {self.cpu_ms_per_frame:.2f} ms/frame over all threads" if self.cpu_ms_per_frame else "")
                 + (f"; host stages p50 ms: {stages}" if stages else "")
                 + (f"; argmax on the inference thread for {self.argmax_on_inference_thread} frames"
                    if self.argmax_on_inference_thread else ""))
@@ -298,7 +300,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         total = min(total, options.max_frames)
     bar = tqdm(total=total, unit="frame", desc="segment", disable=not progress or total is None, leave=False)
     frames = moved = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         while not stop.is_set():
             prepare_ms = 0.0
@@ -340,14 +342,15 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
     finally:
         bar.close()
     _shutdown(stop, drawn, threads)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     if errors:
         if sink is not None:
             sink.abort()
         error = errors[0]
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
-    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None, stage_ms, moved)
+    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None, stage_ms, moved,
+                   cpu_seconds)
     if sink is not None:
         sink.finish()
     if truncated_at is not None:
@@ -377,7 +380,8 @@ def _shutdown(stop: threading.Event, drawn: "queue.SimpleQueue", threads: list[t
 
 
 def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[float], changed: Sequence[float],
-           truncated: bool, stage_ms: dict[str, Sequence[float]], argmax_moved: int) -> RunStats:
+           truncated: bool, stage_ms: dict[str, Sequence[float]], argmax_moved: int,
+           cpu_seconds: float = 0.0) -> RunStats:
     times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
     return RunStats(
         frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
@@ -386,4 +390,5 @@ def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[flo
         flicker=float(np.mean(changed)) if changed else 0.0, truncated=truncated,
         stage_ms={name: float(np.median(values)) for name, values in stage_ms.items() if values},
         argmax_on_inference_thread=argmax_moved,
+        cpu_ms_per_frame=1000.0 * cpu_seconds / frames if frames else 0.0,
     )

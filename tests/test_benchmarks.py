@@ -69,6 +69,12 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     pipe = record["pipeline"][0]
     assert 0 < pipe["ratio"] <= 1.5 and pipe["inference_only_p50_ms"] > 0 and pipe["frames"] == 300
     assert pipe["host_only_fps"] > 0 and set(pipe["host_stage_p50_ms"]) == {"decode", "prepare", "argmax", "draw", "encode"}
+    # CPU per frame over all threads: no more than the cores can give in the run's wall time, and the
+    # ceiling is what that CPU cost allows next to inference alone.
+    wall_ms_per_frame = 1000 / pipe["end_to_end_fps"]
+    assert 0 < pipe["cpu_ms_per_frame"] <= 1.1 * pipe["cores"] * wall_ms_per_frame
+    assert pipe["ratio_ceiling"] == pytest.approx(
+        min(1.0, pipe["cores"] * pipe["inference_only_p50_ms"] / pipe["cpu_ms_per_frame"]))
     assert any("than TFLite float32" in text for text in record["ratios"])  # faster or slower: timing noise
 
     report.append_results(record, tmp_path / "results")
@@ -78,6 +84,7 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     readme.write_text("intro\n<!-- benchmarks:start -->\nold\n<!-- benchmarks:end -->\noutro\n")
     table = generate(tmp_path / "results", readme=readme, reports_dir=tmp_path)
     assert "| ci box | tiny_int8.tflite | int8 | 1 |" in table and "tiny: int8 is" in table
+    assert f"ceiling {100 * pipe['ratio_ceiling']:.0f}% at {pipe['cpu_ms_per_frame']:.1f} ms CPU/frame" in table
     assert "- ci box: " in table and "cores" in table  # the device list under the table
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "ci box" in text

@@ -1,5 +1,6 @@
 """Threaded pipeline: live sources drop stale frames, streams that stop, smoothing, overlay."""
 
+import os
 import time
 
 import cv2
@@ -171,6 +172,9 @@ def test_host_stages_are_timed_per_frame(tiny_tflite, tmp_path):
     assert cv2.getNumThreads() == 2  # the pipeline's single-threaded OpenCV is undone afterwards
     assert set(stats.stage_ms) == {"decode", "prepare", "argmax", "draw", "encode"}
     assert all(0 < ms < 1000 for ms in stats.stage_ms.values()), stats.stage_ms
+    # CPU over all threads: at least the stages timed on the host thread, at most what the cores give
+    assert sum(stats.stage_ms.values()) * 0.5 < stats.cpu_ms_per_frame <= 1.1 * os.cpu_count() * 1000 / stats.fps
+    assert "ms/frame over all threads" in stats.summary()
     assert "host stages p50 ms: decode" in stats.summary()
     with VideoFileSource(shared("video", "vtest.avi")) as source:  # no sink: nothing encoded, nothing timed
         assert "encode" not in run(source, seg, PipelineOptions(max_frames=5), progress=False).stage_ms
