@@ -96,7 +96,8 @@ def main(
                            f" FPS end-to-end vs {pipe['inference_only_fps']:.1f} inference-only and"
                            f" {pipe['host_only_fps']:.1f} host-only"
                            f" (ratio {pipe['ratio']:.2f}, ceiling {pipe['ratio_ceiling']:.2f} at"
-                           f" {pipe['cpu_ms_per_frame']:.2f} ms CPU/frame on {pipe['cores']} cores; in-pipeline inference p50"
+                           f" {pipe['cpu_ms_per_frame']:.2f} ms CPU/frame on {pipe['cores']} cores,"
+                           f" {pipe['one_thread_cpu_ms_per_frame']:.2f} on one thread; in-pipeline inference p50"
                            f" {pipe['in_pipeline_inference_p50_ms']:.2f} ms, host stages p50 ms: "
                            + ", ".join(f"{k} {v:.2f}" for k, v in pipe["host_stage_p50_ms"].items()) + ")")
         for path in keras_model or []:

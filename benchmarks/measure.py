@@ -165,16 +165,51 @@ def bench_pipeline(model: Path, threads: int, video: Path, max_frames: int = 300
 
     stats = whole_pipeline(seg)
     host = whole_pipeline(_HostOnly(seg, [seg.invoke(tensor) for tensor in tensors]))
+    one_thread = one_thread_cpu_ms(seg, video, stats.frames)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ceiling = min(1.0, cores * float(np.median(alone)) / stats.cpu_ms_per_frame) if stats.cpu_ms_per_frame else 1.0
     return {"model": model.name, "threads": threads, "video": video.name, "frames": stats.frames,
             "end_to_end_fps": stats.fps, "inference_only_fps": alone_fps,
             "ratio": stats.fps / alone_fps, "cores": cores, "cpu_ms_per_frame": stats.cpu_ms_per_frame,
-            "ratio_ceiling": ceiling,
+            "ratio_ceiling": ceiling, "one_thread_cpu_ms_per_frame": one_thread,
             "inference_only_p50_ms": float(np.median(alone)),
             "in_pipeline_inference_p50_ms": stats.inference_p50_ms,
             "host_stage_p50_ms": {name: round(ms, 3) for name, ms in stats.stage_ms.items()},
             "host_only_fps": host.fps}
+
+
+def one_thread_cpu_ms(segmenter: Segmenter, video: Path, max_frames: int) -> float:
+    """CPU ms per frame of the pipeline's stages run one after another on one thread (decode,
+    prepare, invoke, argmax, overlay with legend and HUD, encode) over the frames the pipeline ran:
+    the work the pipeline's threads share out. Compared with the pipeline's own CPU per frame it
+    shows what threading costs."""
+    import tempfile
+
+    from edgeseg.overlay import render
+    from edgeseg.pipeline import PipelineOptions
+    from edgeseg.sinks import VideoSink
+    from edgeseg.sources import VideoFileSource
+
+    options = PipelineOptions()
+    previous_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as in the pipeline
+    try:
+        with tempfile.TemporaryDirectory() as tmp, VideoFileSource(video) as source:
+            first = source.read()
+            sink = VideoSink(Path(tmp) / "one_thread.mp4", source.fps, (first.shape[1], first.shape[0]))
+            sink.write(first)
+            frames, started = 0, time.process_time()
+            while frames < max_frames and (frame := source.read()) is not None:
+                class_map = segmenter.classes(segmenter.invoke(segmenter.prepare(frame)))
+                hud = [f"{0.0:.1f} FPS", f"inference {segmenter.last_inference_ms:.1f} ms"]
+                sink.write(render(frame, class_map, segmenter.labels, segmenter.palette_bgr, options.alpha,
+                                  options.legend, hud))
+                frames += 1
+            cpu_seconds = time.process_time() - started
+            sink.finish()
+    finally:
+        cv2.setNumThreads(previous_threads)
+    return 1000.0 * cpu_seconds / max(frames, 1)
 
 
 class _HostOnly:

@@ -69,6 +69,8 @@ def markdown_table(latest: dict[str, dict], reports_dir: Path) -> str:
                          " inference-only"
                          + (f", ceiling {100 * pipe['ratio_ceiling']:.0f}% at {pipe['cpu_ms_per_frame']:.1f} ms CPU/frame"
                             f" on {pipe['cores']} cores" if "ratio_ceiling" in pipe else "")
+                         + (f" ({pipe['one_thread_cpu_ms_per_frame']:.1f} on one thread)"
+                            if "one_thread_cpu_ms_per_frame" in pipe else "")
                          + (f"; host alone {pipe['host_only_fps']:.0f}" if "host_only_fps" in pipe else "")
                          + ") | | | |")
     from benchmarks.measure import speedups

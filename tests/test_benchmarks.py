@@ -73,6 +73,9 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     # ceiling is what that CPU cost allows next to inference alone.
     wall_ms_per_frame = 1000 / pipe["end_to_end_fps"]
     assert 0 < pipe["cpu_ms_per_frame"] <= 1.1 * pipe["cores"] * wall_ms_per_frame
+    # the same stages on one thread: at least the inference, and in the pipeline's range (threads share
+    # out the work, they do not multiply it)
+    assert pipe["inference_only_p50_ms"] * 0.5 < pipe["one_thread_cpu_ms_per_frame"] < 3 * pipe["cpu_ms_per_frame"]
     assert pipe["ratio_ceiling"] == pytest.approx(
         min(1.0, pipe["cores"] * pipe["inference_only_p50_ms"] / pipe["cpu_ms_per_frame"]))
     assert any("than TFLite float32" in text for text in record["ratios"])  # faster or slower: timing noise
@@ -85,6 +88,7 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     table = generate(tmp_path / "results", readme=readme, reports_dir=tmp_path)
     assert "| ci box | tiny_int8.tflite | int8 | 1 |" in table and "tiny: int8 is" in table
     assert f"ceiling {100 * pipe['ratio_ceiling']:.0f}% at {pipe['cpu_ms_per_frame']:.1f} ms CPU/frame" in table
+    assert f"({pipe['one_thread_cpu_ms_per_frame']:.1f} on one thread)" in table
     assert "- ci box: " in table and "cores" in table  # the device list under the table
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "ci box" in text
