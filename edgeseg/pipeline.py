@@ -381,7 +381,7 @@ def _shutdown(stop: threading.Event, drawn: "queue.SimpleQueue", threads: list[t
 
 def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[float], changed: Sequence[float],
            truncated: bool, stage_ms: dict[str, Sequence[float]], argmax_moved: int,
-           cpu_seconds: float = 0.0) -> RunStats:
+           cpu_seconds: float) -> RunStats:
     times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
     return RunStats(
         frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,

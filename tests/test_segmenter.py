@@ -1,13 +1,14 @@
 """The runtime's model handling, checked against Keras on real frames."""
 
+import cv2
 import numpy as np
 import pytest
 
 from edgeseg.backend import find_runtime, INTERPRETER_MODULES
 from edgeseg.errors import BackendError, ModelError
 from edgeseg.metadata import attach_metadata, read_metadata, strip_metadata
-from edgeseg.preprocess import preprocess
-from edgeseg.segmenter import Segmenter, SegmenterOptions, upscale
+from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
+from edgeseg.segmenter import Segmenter, SegmenterOptions, TensorInfo, _byte_offset, _quantize_lut, upscale
 
 
 def keras_classes(model, frame_bgr, spec):
@@ -56,11 +57,6 @@ def test_quantised_input_lut_matches_normalise_then_quantise(tiny_tflite, street
 def test_byte_shift_fast_path_equals_the_table_lookup(tiny_tflite, street_frames):
     """int8 input (zero point -128) is each byte + 128, uint8 input (zero point 0) each byte as is:
     the 8-bit add gives the table's bytes exactly; other tables keep the lookup."""
-    import cv2
-
-    from edgeseg.preprocess import InputSpec, prepare_pixels
-    from edgeseg.segmenter import TensorInfo, _byte_offset, _quantize_lut
-
     for variant, offset in (("int8", 128), ("uint8", 0)):
         seg = Segmenter(SegmenterOptions(tiny_tflite[variant]))
         assert seg._byte_offset == offset, variant
