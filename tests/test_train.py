@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, shared
 from edgeseg.backend import op_details
-from edgeseg.preprocess import InputSpec, resize_image, resize_mask
+from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_image, resize_mask
 
 
 def test_nearest_mask_resize_keeps_only_original_labels(camvid):
@@ -42,6 +42,25 @@ def test_area_resize_gives_opencvs_uint8_bytes_at_every_ratio(camvid, street_fra
                 for size_hw in ((192, 256), (128, 128), (96, 128)):
                     expected = cv2.resize(pixels, size_hw[::-1], interpolation=cv2.INTER_AREA)
                     np.testing.assert_array_equal(resize_image(pixels, size_hw), expected)
+
+
+def test_normalize_table_gives_the_arithmetic_to_the_bit(camvid, street_frames):
+    """normalize looks uint8 images up in a table of its own float32 arithmetic; the values must be
+    exactly (pixel - mean) / std as computed per pixel, for shared and per-channel statistics."""
+    import cv2
+
+    images = [cv2.imread(str(p)) for p in sorted((camvid / "images" / "validation").glob("*"))[:2]]
+    specs = (InputSpec(192, 256), InputSpec(192, 256, mean=(127.5,) * 3, std=(127.5,) * 3),
+             InputSpec(192, 256, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4)))
+    for image in images + street_frames[:2]:
+        for spec in specs:
+            pixels = prepare_pixels(image, spec, bgr=True)
+            mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+            expected = (pixels.astype(np.float32) - mean) * (np.float32(1.0) / std)
+            got = normalize(pixels, spec)
+            assert got.dtype == np.float32 and got.shape == pixels.shape
+            np.testing.assert_array_equal(got, expected)
+            np.testing.assert_array_equal(normalize(pixels.astype(np.float32), spec), expected)  # no table
 
 
 def test_augmentation_keeps_labels_and_aligns_image_and_mask(camvid):
