@@ -9,6 +9,7 @@ in training and another way on the device. The input spec travels inside exporte
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -109,21 +110,20 @@ def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     for a 256x192 input (three full-size float passes become one lookup).
     """
     if pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3:
-        return cv2.LUT(pixels, _normalize_table(spec))
-    return _normalize_values(pixels, spec)
+        return cv2.LUT(pixels, _normalize_table(tuple(spec.mean), tuple(spec.std)))
+    return _normalize_values(pixels, spec.mean, spec.std)
 
 
-def _normalize_values(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
-    return (pixels.astype(np.float32) - mean) * inv_std
+def _normalize_values(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    inv_std = 1.0 / np.asarray(std, dtype=np.float32)
+    return (pixels.astype(np.float32) - np.asarray(mean, dtype=np.float32)) * inv_std
 
 
 @functools.lru_cache(maxsize=16)
-def _normalize_table(spec: InputSpec) -> np.ndarray:
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """`cv2.LUT` table of `normalize` for every uint8 value: one shared row when the channels agree,
     else one per channel."""
-    table = _normalize_values(np.arange(256, dtype=np.uint8)[:, np.newaxis].repeat(3, axis=1), spec)
+    table = _normalize_values(np.arange(256, dtype=np.uint8)[:, np.newaxis].repeat(3, axis=1), mean, std)
     if bool((table == table[:, :1]).all()):
         return table[:, 0].reshape(1, 256).copy()
     return table.reshape(1, 256, 3).copy()

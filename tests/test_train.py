@@ -51,7 +51,8 @@ def test_normalize_table_gives_the_arithmetic_to_the_bit(camvid, street_frames):
 
     images = [cv2.imread(str(p)) for p in sorted((camvid / "images" / "validation").glob("*"))[:2]]
     specs = (InputSpec(192, 256), InputSpec(192, 256, mean=(127.5,) * 3, std=(127.5,) * 3),
-             InputSpec(192, 256, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4)))
+             InputSpec(192, 256, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4)),
+             InputSpec(192, 256, mean=[0.0, 10.0, 20.0], std=[255.0, 128.0, 64.0]))  # lists, as a user may pass
     for image in images + street_frames[:2]:
         for spec in specs:
             pixels = prepare_pixels(image, spec, bgr=True)
