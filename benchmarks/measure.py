@@ -200,7 +200,7 @@ def one_thread_cpu_ms(segmenter: Segmenter, video: Path, max_frames: int) -> flo
             sink.write(first)
             frames, started = 0, time.process_time()
             while frames < max_frames and (frame := source.read()) is not None:
-                class_map = segmenter.classes(segmenter.invoke(segmenter.prepare(frame)))
+                class_map = segmenter.segment(frame)
                 hud = [f"{0.0:.1f} FPS", f"inference {segmenter.last_inference_ms:.1f} ms"]
                 sink.write(render(frame, class_map, segmenter.labels, segmenter.palette_bgr, options.alpha,
                                   options.legend, hud))

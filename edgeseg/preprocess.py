@@ -121,9 +121,13 @@ def _normalize_values(pixels: np.ndarray, mean: Sequence[float], std: Sequence[f
 
 @functools.lru_cache(maxsize=16)
 def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """`cv2.LUT` table of `normalize` for every uint8 value: one shared row when the channels agree,
-    else one per channel."""
-    table = _normalize_values(np.arange(256, dtype=np.uint8)[:, np.newaxis].repeat(3, axis=1), mean, std)
+    """`cv2.LUT` table of `normalize` for every uint8 value."""
+    return cv_lut(_normalize_values(np.arange(256, dtype=np.uint8)[:, np.newaxis].repeat(3, axis=1), mean, std))
+
+
+def cv_lut(table: np.ndarray) -> np.ndarray:
+    """A ``(256, 3)`` per-channel table -> what `cv2.LUT` takes for a 3-channel image: one shared
+    ``(1, 256)`` row when the channels agree (the usual case), else ``(1, 256, 3)``."""
     if bool((table == table[:, :1]).all()):
         return table[:, 0].reshape(1, 256).copy()
     return table.reshape(1, 256, 3).copy()
