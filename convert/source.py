@@ -66,6 +66,24 @@ def with_static_upsampling(model: keras.Model) -> keras.Model:
     return copy
 
 
+def as_float32(model: keras.Model) -> keras.Model:
+    """A float32 copy (same weights) of a model trained with mixed precision, else `model` itself.
+
+    `--mixed-precision` training keeps float32 weights but computes in float16; exporting that
+    graph would put float16 casts into every TFLite model. The exports are built from float32,
+    exactly like a model trained without it.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 @dataclass
 class SourceModel:
     """A loaded model plus what the converter needs to know about it."""
@@ -133,7 +151,7 @@ def load_source(path: Path) -> SourceModel:
         import train.losses  # noqa: F401 - registers the custom loss/metrics the checkpoint names
         import train.optim  # noqa: F401 - registers RectifiedAdam
 
-        model = keras.models.load_model(path, compile=False)
+        model = as_float32(keras.models.load_model(path, compile=False))
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ConvertError(f"{path} could not be loaded as a Keras model ({exc.__class__.__name__});"
                            " pass a .keras file saved by `python -m train`") from exc

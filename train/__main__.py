@@ -61,10 +61,31 @@ def main(
         fit(cfg)
     except ValueError as exc:  # DatasetError, ConfigError and bad settings are ValueErrors
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"training interrupted; run the same command again to resume from the last finished epoch"
+             f" (backup in {cfg.run_dir}/backup)", 130)
     except Exception as exc:  # noqa: BLE001 - TF wraps errors raised inside tf.data
+        if os.environ.get("TF_CONFIG") and exc.__class__.__name__ in LOST_PEER_ERRORS:
+            lost_worker(exc, cfg.run_dir)
         message = str(exc).strip().splitlines()
         text = next((line for line in message if "DatasetError" in line or "Error:" in line), message[0] if message else "")
         fail(f"training stopped: {text.split('DatasetError:')[-1].strip()}", 1)
+
+
+# What TensorFlow raises on the workers left behind when one worker of a multi-worker run is lost.
+LOST_PEER_ERRORS = {"UnavailableError", "CancelledError", "DeadlineExceededError", "AbortedError", "InternalError",
+                    "FailedPreconditionError"}
+
+
+def lost_worker(exc: Exception, run_dir: str) -> None:
+    """One line for a multi-worker run whose peer was lost, then exit at once: TensorFlow's
+    collective runtime would otherwise keep the process waiting on the dead peer at shutdown."""
+    typer.secho(f"error: training stopped: lost contact with another worker ({exc.__class__.__name__}); start every worker"
+                f" again with the same command to resume from the last finished epoch (backups in {run_dir}/backup)",
+                fg=typer.colors.RED, err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 @app.command()

@@ -68,7 +68,9 @@ class PredictionGrid(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        predictions = np.argmax(self.model.predict(self.inputs, verbose=0), axis=-1).astype(np.uint8)
+        # A direct call runs here, on this process's device: `predict` would split these few images
+        # over the replicas of a distributed run (an empty share breaks synchronised BatchNorm).
+        predictions = np.argmax(np.asarray(self.model(self.inputs, training=False)), axis=-1).astype(np.uint8)
         grid = prediction_grid(self.pixels, self.truths, predictions, self.labels)
         cv2.imwrite(str(self.out_dir / f"epoch_{epoch + 1:03d}.png"), grid)
 

@@ -6,25 +6,39 @@ and `convert` read datasets the very same way).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import tensorflow as tf
 
 from edgeseg.dataset import DatasetError, Pairs, list_pairs, read_image_rgb, read_mask, resolve_labels
 from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
-__all__ = ["DatasetError", "Pairs", "list_pairs", "resolve_labels", "load_example", "make_dataset",
+__all__ = ["DatasetError", "Pairs", "list_pairs", "resolve_labels", "load_pixels", "load_example", "make_dataset",
+           "worker_share", "input_rate", "cache_bytes",
            "augment", "class_frequencies", "median_frequency_weights"]
 
 
-def load_example(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """One training pair at network size: float32 image via the shared `preprocess`, uint8 mask."""
+def load_pixels(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One training pair at network size, as uint8: RGB pixels via the shared `prepare_pixels`, mask
+    resized NEAREST. This is what the tf.data cache holds (a quarter of the float32 size)."""
     image = read_image_rgb(image_path)
     mask = read_mask(mask_path, num_classes)
     if mask.shape != image.shape[:2]:
         raise DatasetError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is"
                            f" {image.shape[1]}x{image.shape[0]}; masks must match their images")
-    pixels = normalize(prepare_pixels(image, spec), spec)
-    return pixels, resize_mask(mask, spec.size_hw)
+    return prepare_pixels(image, spec), resize_mask(mask, spec.size_hw)
+
+
+def load_example(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One training pair at network size: float32 image via the shared `preprocess`, uint8 mask."""
+    pixels, mask = load_pixels(image_path, mask_path, spec, num_classes)
+    return normalize(pixels, spec), mask
+
+
+def cache_bytes(num_examples: int, spec: InputSpec) -> int:
+    """Memory an in-memory cache of `num_examples` pairs takes (uint8 pixels + uint8 mask)."""
+    return num_examples * spec.height * spec.width * 4
 
 
 def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -62,16 +76,23 @@ def make_dataset(
     max_scale: float = 1.5,
     cache: str = "memory",
     seed: int = 0,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
-    """Decode -> shared preprocess -> cache -> (shuffle, augment) -> batch -> prefetch."""
+    """Decode -> shared prepare (uint8) -> cache -> (shuffle) -> shared normalize -> (augment) ->
+    batch -> prefetch. `batch_size` is the batch this dataset yields (per replica when the caller
+    distributes it itself); `repeat` makes a training set endless (the caller gives the steps)."""
 
     def load(image_path, mask_path):
-        return load_example(image_path.decode(), mask_path.decode(), spec, num_classes)
+        return load_pixels(image_path.decode(), mask_path.decode(), spec, num_classes)
 
     def load_tf(image_path, mask_path):
-        image, mask = tf.numpy_function(load, [image_path, mask_path], (tf.float32, tf.uint8), stateful=False)
-        image = tf.ensure_shape(image, (spec.height, spec.width, 3))
-        return image, tf.ensure_shape(mask, (spec.height, spec.width))
+        pixels, mask = tf.numpy_function(load, [image_path, mask_path], (tf.uint8, tf.uint8), stateful=False)
+        pixels = tf.ensure_shape(pixels, (spec.height, spec.width, 3))
+        return pixels, tf.ensure_shape(mask, (spec.height, spec.width))
+
+    def normalize_tf(pixels, mask):
+        image = tf.numpy_function(lambda p: normalize(p, spec), [pixels], tf.float32, stateful=False)
+        return tf.ensure_shape(image, (spec.height, spec.width, 3)), mask
 
     dataset = tf.data.Dataset.from_tensor_slices((list(pairs.images), list(pairs.masks)))
     dataset = dataset.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -81,13 +102,33 @@ def make_dataset(
         dataset = dataset.cache(cache)
     if training:
         dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-        if augment_data:
-            counter = tf.data.Dataset.random(seed=seed).map(lambda x: tf.stack([x, x // 7]))
-            dataset = tf.data.Dataset.zip((dataset, counter)).map(
-                lambda pair, s: augment(pair[0], pair[1], max_scale, s),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
+        if repeat:
+            dataset = dataset.repeat()
+    dataset = dataset.map(normalize_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training and augment_data:
+        counter = tf.data.Dataset.random(seed=seed).map(lambda x: tf.stack([x, x // 7]))
+        dataset = tf.data.Dataset.zip((dataset, counter)).map(
+            lambda pair, s: augment(pair[0], pair[1], max_scale, s),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def worker_share(pairs: Pairs, num_workers: int, index: int) -> Pairs:
+    """Worker `index`'s part of the training pairs: every `num_workers`-th pair, all parts the same
+    length (so every worker runs the same number of steps, as synchronous training needs)."""
+    per_worker = len(pairs) // num_workers
+    return pairs.select(range(index, per_worker * num_workers, num_workers))
+
+
+def input_rate(pairs: Pairs, spec: InputSpec, num_classes: int, count: int = 32) -> float:
+    """Images/s the input pipeline decodes and prepares (the first epoch's, uncached rate), measured
+    on up to `count` pairs with the same parallel map as training."""
+    sample = pairs.select(range(min(count, len(pairs))))
+    dataset = make_dataset(sample, spec, num_classes, batch_size=1, training=False, cache="none")
+    started = time.perf_counter()
+    seen = sum(1 for _ in dataset)
+    return seen / max(time.perf_counter() - started, 1e-9)
 
 
 def class_frequencies(pairs: Pairs, num_classes: int) -> np.ndarray:

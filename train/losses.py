@@ -14,7 +14,9 @@ class MaskedCrossEntropy(keras.losses.Loss):
     """Softmax cross-entropy on logits over labelled pixels only, optionally class-weighted.
 
     The weighted sum is divided by the summed weights of the labelled pixels, so the loss scale
-    does not depend on how much of a batch is not labelled.
+    does not depend on how much of a batch is not labelled. Under a distribution strategy each
+    replica's value is divided by the replica count, as Keras does for its own mean-reduced losses
+    (the replicas' gradients are summed); Keras undoes that for the logged loss.
     """
 
     def __init__(self, class_weights: list[float] | None = None, name: str = "masked_cross_entropy", **kwargs):
@@ -30,10 +32,19 @@ class MaskedCrossEntropy(keras.losses.Loss):
         else:
             table = ops.convert_to_tensor(np.asarray(self.class_weights, np.float32))
             weights = ops.take(table, labels) * ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")
-        return ops.sum(per_pixel * weights) / ops.maximum(ops.sum(weights), 1e-6)
+        loss = ops.sum(per_pixel * weights) / ops.maximum(ops.sum(weights), 1e-6)
+        return loss / _replicas_in_sync()
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights}
+
+
+def _replicas_in_sync() -> float:
+    if keras.backend.backend() != "tensorflow":
+        return 1.0
+    import tensorflow as tf
+
+    return float(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 @keras.saving.register_keras_serializable(package="edgeseg")

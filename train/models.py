@@ -17,6 +17,14 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {}
 # BatchNorm momentum: 0.9 (not Keras' 0.99) so the moving statistics used at inference keep up
 # with small datasets of ~50 steps per epoch; at 0.99 validation lags the weights by epochs.
 BN_MOMENTUM = 0.9
+# Set by `build_model(synchronized_bn=True)` while it builds: BatchNorm layers then compute their
+# batch statistics over all replicas of a distributed run (so every worker keeps the same moving
+# statistics, and two replicas of 4 images normalise like one batch of 8). No effect on one device.
+_SYNC_BN = False
+
+
+def _batch_norm(name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=_SYNC_BN, name=name)
 
 
 def _register(name: str) -> Callable:
@@ -48,14 +56,21 @@ def check_input_size(architecture: str, height: int, width: int) -> None:
         )
 
 
-def build_model(architecture: str, height: int, width: int, num_classes: int, **kwargs) -> keras.Model:
-    """Build `architecture` for a static ``(height, width, 3)`` input and `num_classes` outputs.
+def build_model(architecture: str, height: int, width: int, num_classes: int, synchronized_bn: bool = False,
+                **kwargs) -> keras.Model:
+    """Build `architecture` for a static ``(height, width, 3)`` input and `num_classes` outputs;
+    `synchronized_bn` for runs over several replicas.
 
     Raises:
         ValueError: unknown architecture or an input size the network cannot divide.
     """
+    global _SYNC_BN
     check_input_size(architecture, height, width)
-    return ARCHITECTURES[architecture](height, width, num_classes, **kwargs)
+    _SYNC_BN = synchronized_bn
+    try:
+        return ARCHITECTURES[architecture](height, width, num_classes, **kwargs)
+    finally:
+        _SYNC_BN = False
 
 
 def _conv_relu(x, filters: int, kernel: int, name: str, batch_norm: bool):
@@ -65,7 +80,7 @@ def _conv_relu(x, filters: int, kernel: int, name: str, batch_norm: bool):
             filters, kernel, padding="same", activation="relu", kernel_initializer="he_normal", name=name
         )(x)
     x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal", name=name)(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = _batch_norm(f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -118,10 +133,10 @@ def unet(
 def _separable(x, filters: int, stride: int, name: str):
     """Depthwise 3x3 + pointwise 1x1, each with BatchNorm (folded at export) and ReLU6."""
     x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
+    x = _batch_norm(f"{name}_dw_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_pw_bn")(x)
+    x = _batch_norm(f"{name}_pw_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
 
 
@@ -139,7 +154,7 @@ def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float
 
     inputs = keras.Input((height, width, 3), name="image")
     x = layers.Conv2D(ch(24), 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = _batch_norm("stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     x = _separable(x, ch(32), 1, "enc1")  # 1/2
     skips = [x]

@@ -18,18 +18,10 @@ from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
 from train import data as data_lib
 from train.callbacks import BestCheckpoint, CurvesPlot, PredictionGrid, plot_curves
 from train.config import TrainConfig
+from train.distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
 from train.losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy
 from train.models import build_model, check_input_size, count_flops
 from train.optim import RectifiedAdam
-
-
-def choose_strategy() -> tf.distribute.Strategy:
-    """Several machines (TF_CONFIG set) -> MultiWorkerMirrored; several local GPUs -> Mirrored."""
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -68,13 +60,14 @@ def keras_predictor(model: keras.Model, spec: InputSpec):
     return predict
 
 
-def build_from_config(config: TrainConfig, num_classes: int) -> keras.Model:
+def build_from_config(config: TrainConfig, num_classes: int, synchronized_bn: bool = False) -> keras.Model:
     """The config's network (architecture, size, width) with `num_classes` outputs."""
     if config.architecture == "unet":
         extra = {"base_filters": config.base_filters, "batch_norm": config.batch_norm}
     else:
         extra = {"width_multiplier": config.width_multiplier}
-    return build_model(config.architecture, config.height, config.width, num_classes, **extra)
+    return build_model(config.architecture, config.height, config.width, num_classes,
+                       synchronized_bn=synchronized_bn, **extra)
 
 
 def init_weights(model: keras.Model, source: Path) -> None:
@@ -101,7 +94,8 @@ def init_weights(model: keras.Model, source: Path) -> None:
 
 
 def fit(config: TrainConfig) -> dict:
-    """Train as `config` says; return the final evaluation of the best checkpoint.
+    """Train as `config` says; return the final evaluation of the best checkpoint (on the chief; other
+    workers of a multi-worker run return ``{}``).
 
     Raises:
         DatasetError, ValueError: bad dataset or settings (messages say how to fix them).
@@ -116,32 +110,32 @@ def fit(config: TrainConfig) -> dict:
         raise data_lib.DatasetError(
             f"only {len(train_pairs)} training pairs for batch size {config.batch_size}; lower batch_size"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.yaml")
-    (run_dir / "labels.json").write_text(json.dumps(labels.to_dict()))
+    cluster = setup_cluster()  # before any other TensorFlow op (collective ops need it so)
+    cluster.per_replica_batch(config.batch_size)
+    print(f"training on {cluster.describe()}; global batch {config.batch_size}")
+    out_dir = cluster.output_dir(run_dir)
+    try:
+        return _fit(config, cluster, run_dir, out_dir, labels, train_pairs, val_pairs)
+    finally:
+        cluster.cleanup(run_dir)
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("float32")
+
+
+def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, labels,
+         train_pairs: data_lib.Pairs, val_pairs: data_lib.Pairs) -> dict:
+    config.save(out_dir / "config.yaml")
+    (out_dir / "labels.json").write_text(json.dumps(labels.to_dict()))
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-
     spec = input_spec(config)
-    class_weights = None
-    if config.class_weighting == "median_frequency":
-        counts = data_lib.class_frequencies(train_pairs, labels.num_classes)
-        class_weights = data_lib.median_frequency_weights(counts).tolist()
-        print("class weights:", ", ".join(f"{n}={w:.2f}" for n, w in zip(labels.names, class_weights)))
-    elif config.class_weighting != "none":
-        raise ValueError(f"class_weighting {config.class_weighting!r} unknown; use 'none' or 'median_frequency'")
+    class_weights = compute_class_weights(config, train_pairs, labels)
+    report_input_pipeline(config, train_pairs, val_pairs, spec, labels.num_classes)
+    train_ds, val_ds, steps_per_epoch = make_datasets(config, cluster, train_pairs, val_pairs, spec, labels.num_classes)
 
-    train_ds = data_lib.make_dataset(train_pairs, spec, labels.num_classes, config.batch_size, training=True,
-                                     augment_data=config.augment, max_scale=config.max_scale,
-                                     cache=config.cache, seed=config.seed)
-    val_ds = data_lib.make_dataset(val_pairs, spec, labels.num_classes, config.batch_size, training=False,
-                                   cache=config.cache)
-    steps_per_epoch = len(train_pairs) // config.batch_size
-
-    strategy = choose_strategy()
-    with strategy.scope():
-        model = build_from_config(config, labels.num_classes)
+    with cluster.strategy.scope():
+        model = build_from_config(config, labels.num_classes, synchronized_bn=cluster.replicas > 1)
         if config.init_from:
             init_weights(model, Path(config.init_from))
         model.compile(
@@ -149,47 +143,126 @@ def fit(config: TrainConfig) -> dict:
             loss=MaskedCrossEntropy(class_weights),
             metrics=[MeanIoU(labels.num_classes), PixelAccuracy(labels.num_classes)],
         )
+    example = data_lib.load_example(train_pairs.images[0], train_pairs.masks[0], spec, labels.num_classes)
+    prepare_for_multi_worker(model, cluster, (example[0][np.newaxis], example[1][np.newaxis]))
     flops = count_flops(model)
     print(f"{config.architecture} {config.height}x{config.width}: {flops / 1e9:.3f} GFLOP per image,"
           f" {model.count_params():,} parameters, {len(train_pairs)} train / {len(val_pairs)} val pairs")
 
-    samples = [data_lib.load_example(i, m, spec, labels.num_classes)
-               for i, m in zip(val_pairs.images[:config.sample_images], val_pairs.masks[:config.sample_images])]
-    sample_inputs = np.stack([s[0] for s in samples])
-    sample_pixels = np.stack([prepare_pixels(read_image_rgb(p), spec)
-                              for p in val_pairs.images[:config.sample_images]])
-    best_path = run_dir / "best.keras"
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        CurvesPlot(run_dir / "history.csv", run_dir / "training_curves.png"),
-        BestCheckpoint(best_path, monitor="val_miou"),
-        keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard")),
-        PredictionGrid(run_dir / "samples", sample_inputs, sample_pixels, np.stack([s[1] for s in samples]), labels),
-    ]
+    best_path = out_dir / "best.keras"
+    callbacks = make_callbacks(config, cluster, run_dir, out_dir, val_pairs, spec, labels)
     started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
+                        steps_per_epoch=steps_per_epoch if cluster.kind == "multi-worker" else None)
     seconds = time.perf_counter() - started
-    if (run_dir / "history.csv").is_file():
-        plot_curves(run_dir / "history.csv", run_dir / "training_curves.png")
+    print(f"final weights {weights_digest(model.get_weights())} (worker {cluster.worker_index})")
+    if not cluster.is_chief:
+        return {}
+    if (out_dir / "history.csv").is_file():
+        plot_curves(out_dir / "history.csv", out_dir / "training_curves.png")
 
     best = keras.models.load_model(best_path) if best_path.is_file() else model
     val_scores, _ = evaluate(keras_predictor(best, spec), val_pairs, labels, desc="evaluate best")
     result = val_scores.to_dict(labels.names)
+    epochs_run = len(history.history.get("loss", []))
     result.update({
         "architecture": config.architecture,
         "input_hw": [config.height, config.width],
         "gflops": round(flops / 1e9, 4),
         "parameters": int(model.count_params()),
-        "epochs_run": len(history.history.get("loss", [])),
+        "epochs_run": epochs_run,
         "train_seconds_this_invocation": round(seconds, 1),
-        "train_images_per_second": round(len(history.history.get("loss", [])) * steps_per_epoch
-                                         * config.batch_size / max(seconds, 1e-9), 2),
+        "train_images_per_second": round(epochs_run * steps_per_epoch * config.batch_size / max(seconds, 1e-9), 2),
     })
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
     print_table(result)
     return result
+
+
+def compute_class_weights(config: TrainConfig, train_pairs: data_lib.Pairs, labels) -> list[float] | None:
+    """The loss's class weights as the config asks (printed), or None."""
+    if config.class_weighting == "none":
+        return None
+    if config.class_weighting != "median_frequency":
+        raise ValueError(f"class_weighting {config.class_weighting!r} unknown; use 'none' or 'median_frequency'")
+    counts = data_lib.class_frequencies(train_pairs, labels.num_classes)
+    weights = data_lib.median_frequency_weights(counts).tolist()
+    print("class weights:", ", ".join(f"{n}={w:.2f}" for n, w in zip(labels.names, weights)))
+    return weights
+
+
+def report_input_pipeline(config: TrainConfig, train_pairs, val_pairs, spec: InputSpec, num_classes: int) -> None:
+    """Print the cache's memory and the input pipeline's decode rate, so an input-bound run shows."""
+    rate = data_lib.input_rate(train_pairs, spec, num_classes)
+    cache = config.cache
+    if cache == "memory":
+        size = data_lib.cache_bytes(len(train_pairs) + len(val_pairs), spec)
+        cache = f"in memory, {size / 2**20:,.0f} MiB (uint8)"
+    print(f"input pipeline: {rate:.1f} images/s decoded and prepared ({os.cpu_count()} CPU cores); cache {cache}")
+
+
+def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs, spec: InputSpec,
+                  num_classes: int) -> tuple[object, tf.data.Dataset, int]:
+    """Training and validation data for `cluster`, and the training steps per epoch.
+
+    Several workers: each worker decodes only its own share of the training files (sharded here,
+    before decoding, so auto-sharding is OFF: FILE sharding cannot apply to a list of image paths,
+    and DATA sharding would make every worker decode every image and keep a part). The shares are
+    equally long and repeat, so all workers run the same `steps_per_epoch`. Validation is sharded
+    by DATA: every worker reads the small set and evaluates its slice of each global batch, which
+    keeps the step counts equal even for a last partial batch; the confusion matrices are summed.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    val_ds = data_lib.make_dataset(val_pairs, spec, num_classes, config.batch_size, training=False,
+                                   cache=config.cache).with_options(options)
+    common = dict(augment_data=config.augment, max_scale=config.max_scale, cache=config.cache, seed=config.seed)
+    if cluster.kind != "multi-worker":
+        train_ds = data_lib.make_dataset(train_pairs, spec, num_classes, config.batch_size, training=True, **common)
+        return train_ds, val_ds, len(train_pairs) // config.batch_size
+
+    per_worker = len(train_pairs) // cluster.num_workers
+    worker_batch = config.batch_size // cluster.num_workers
+    if per_worker < worker_batch:
+        raise data_lib.DatasetError(f"{len(train_pairs)} training pairs give each of {cluster.num_workers} workers"
+                                    f" {per_worker}, fewer than its batch of {worker_batch}; lower batch_size")
+
+    def worker_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        share = data_lib.worker_share(train_pairs, context.num_input_pipelines, context.input_pipeline_id)
+        dataset = data_lib.make_dataset(share, spec, num_classes, context.get_per_replica_batch_size(config.batch_size),
+                                        training=True, repeat=True, **common)
+        off = tf.data.Options()
+        off.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return dataset.with_options(off)
+
+    train_ds = cluster.strategy.distribute_datasets_from_function(worker_dataset)
+    return train_ds, val_ds, per_worker // worker_batch
+
+
+def make_callbacks(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, val_pairs,
+                   spec: InputSpec, labels) -> list[keras.callbacks.Callback]:
+    """Checkpoints, logs, plots and samples into `out_dir`; the backup into the run's backup folder."""
+    picked = sample_indices(len(val_pairs), config.sample_images)
+    samples = [data_lib.load_example(val_pairs.images[i], val_pairs.masks[i], spec, labels.num_classes) for i in picked]
+    sample_pixels = np.stack([prepare_pixels(read_image_rgb(val_pairs.images[i]), spec) for i in picked])
+    return [
+        GroupBackup(cluster.backup_dir(run_dir), cluster),
+        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        CurvesPlot(out_dir / "history.csv", out_dir / "training_curves.png"),
+        BestCheckpoint(out_dir / "best.keras", monitor="val_miou"),
+        keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience),
+        keras.callbacks.TensorBoard(str(out_dir / "tensorboard")),
+        PredictionGrid(out_dir / "samples", np.stack([s[0] for s in samples]), sample_pixels,
+                       np.stack([s[1] for s in samples]), labels),
+    ]
+
+
+def sample_indices(count: int, wanted: int) -> list[int]:
+    """`wanted` evenly spaced indices of `count` (consecutive video frames are near-duplicates)."""
+    wanted = min(wanted, count)
+    if wanted <= 0:
+        return []
+    return sorted({round(i * (count - 1) / max(wanted - 1, 1)) for i in range(wanted)})
 
 
 def print_table(result: dict) -> None:
