@@ -17,6 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.atomic import write_text  # noqa: E402
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Latency per model, thread count and device; `report` regenerates tables and charts.")
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +115,7 @@ def main(
     record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
               "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios}
     if json_out is not None:
-        json_out.write_text(json.dumps(record, indent=1))
+        write_text(json_out, json.dumps(record, indent=1))
     if save:
         path = append_results(record)
         generate(readme=REPO / "README.md")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import subprocess
 from collections import Counter
@@ -112,16 +111,6 @@ def _convert_float_head(converter, representative) -> bytes:
     float_head = head_ops(debugger.calibrated_model)
     debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_head)
     return debugger.get_nondebug_quantized_model()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name and rename, so no partial .tflite is ever left."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # TFLite builtin ops the Edge TPU compiler can map (coral.ai/docs/edgetpu/models-intro, "Supported

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from convert.calibration import calibration_images, representative_dataset
 from convert.report import write_report
 from convert.source import ConvertError, SourceModel, labels_for, load_source
 from convert.verify import host_argmax_ms, layer_errors, verify
+from edgeseg import atomic
 from edgeseg.dataset import list_pairs
 from edgeseg.metadata import ModelMetadata, attach_metadata
 from edgeseg.preprocess import InputSpec
@@ -111,19 +111,25 @@ def run(options: ConvertOptions) -> dict:
                         **({"calibration": f"{len(calib_paths)} images of {options.calib_data}/{options.calib_split}"
                             f" (seed {options.seed})"} if export.MODES[mode].calibrated else {})},
         )
-        path = options.out_dir / f"{options.name}_{suffix}.tflite"
-        export.write_atomic(path, attach_metadata(data, metadata))
-        verification = verify(source, path, pairs, labels, spec)
-        passed, reason = _check(verification, options)
+        final = options.out_dir / f"{options.name}_{suffix}.tflite"
+        # The candidate is verified under a temporary name; only a model that passes takes the final
+        # name, so a failed conversion never replaces a deployed model (it lands in *.failed.tflite).
+        candidate = atomic.temp_path(final)
+        try:
+            candidate.write_bytes(attach_metadata(data, metadata))
+            verification = verify(source, candidate, pairs, labels, spec, name=final.name)
+            passed, reason = _check(verification, options)
+            path = final if passed else final.with_name(final.stem + ".failed.tflite")
+            atomic.commit(candidate, path)
+        except OSError as exc:
+            raise atomic.output_error(final, exc) from exc
+        finally:
+            candidate.unlink(missing_ok=True)
         row = {"mode": mode, "path": str(path), "size_bytes": path.stat().st_size, "passed": passed,
                "reason": reason, "verification": verification}
         print(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, agreement {100 * verification['agreement']:.2f}%,"
               f" mIoU {verification['miou_keras']:.4f} -> {verification['miou_tflite']:.4f}"
               f" ({'pass' if passed else 'FAIL: ' + reason})")
-        if not passed:
-            failed = path.with_name(path.stem + ".failed.tflite")
-            os.replace(path, failed)  # never leave a model that failed its check under a deployable name
-            row["path"] = str(failed)
         return row
 
     for mode in options.modes:
@@ -143,10 +149,15 @@ def run(options: ConvertOptions) -> dict:
         report["edgetpu"] = _edgetpu(report, options, labels, spec, provenance)
     json_path, md_path = write_report(report, options.out_dir, options.name)
     report["report_md"] = str(md_path)
-    report["passed"] = all(r["passed"] for r in report["models"] if r["mode"] != options.fallback) or any(
-        r["passed"] for r in report["models"] if r["mode"] == options.fallback)
+    report["passed"] = _all_passed(report["models"], options.fallback)
     print(f"report: {json_path}, {md_path}")
     return report
+
+
+def _all_passed(rows: list[dict], fallback: str) -> bool:
+    """Every requested model passed, except that a failed int8 is made good by a passing fallback."""
+    fallback_passed = any(r["passed"] for r in rows if r["mode"] == fallback)
+    return all(r["passed"] or (r["mode"] == "int8" and fallback_passed) for r in rows if r["mode"] != fallback)
 
 
 def _argmax_effect(source: SourceModel, options: ConvertOptions, representative) -> dict:
@@ -177,5 +188,5 @@ def _edgetpu(report: dict, options: ConvertOptions, labels, spec, provenance) ->
     from edgeseg.metadata import read_metadata
 
     metadata = read_metadata(Path(int8["path"]).read_bytes())
-    export.write_atomic(compiled, attach_metadata(compiled.read_bytes(), metadata))
+    atomic.write_bytes(compiled, attach_metadata(compiled.read_bytes(), metadata))
     return f"{ops}; compiled {compiled.name} (metadata re-attached)"

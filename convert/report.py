@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from convert.export import write_atomic
+from edgeseg.atomic import write_bytes
 
 
 def _pct(value) -> str:
@@ -67,6 +67,6 @@ def to_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     json_path, md_path = out_dir / f"{name}_report.json", out_dir / f"{name}_report.md"
-    write_atomic(json_path, json.dumps(report, indent=1).encode())
-    write_atomic(md_path, to_markdown(report).encode())
+    write_bytes(json_path, json.dumps(report, indent=1).encode())
+    write_bytes(md_path, to_markdown(report).encode())
     return json_path, md_path

@@ -44,7 +44,7 @@ def grid_diagnostic(logits: np.ndarray, scale: float, zero_point: int, dtype: st
 
 
 def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet, spec: InputSpec,
-           threads: int | None = None) -> dict:
+           threads: int | None = None, name: str | None = None) -> dict:
     """Compare `model_path` with the Keras model on every pair.
 
     Returns:
@@ -65,7 +65,7 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
     output = segmenter.info.output
     on_grid = segmenter.info.output_kind == "scores" and output.quantized
     grid_kept = grid_close = 0
-    for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=f"verify {model_path.name}",
+    for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=f"verify {name or model_path.name}",
                                       unit="img", leave=False):
         image = read_image_rgb(image_path)
         truth = read_mask(mask_path, n)

@@ -7,6 +7,7 @@ machine). Edge TPU models run through the libedgetpu delegate.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import platform
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ def edgetpu_delegate(runtime: Runtime) -> Any:
     if library is None:
         raise BackendError(f"the Edge TPU is not supported on {platform.system()}; use --device cpu")
     try:
+        # Checked with ctypes first: LiteRT's Delegate.__del__ raises (and prints "Exception ignored
+        # ... AttributeError") after a failed load_delegate, so a missing library never reaches it.
+        ctypes.CDLL(library)
         return runtime.load_delegate(library)
     except (ValueError, OSError, RuntimeError) as exc:
         raise BackendError(

@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from edgeseg.errors import EdgesegError, InputError
+from edgeseg.errors import EdgesegError, InputError, signals_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time semantic segmentation with TFLite models (no TensorFlow needed).")
@@ -36,20 +36,28 @@ class Device(str, Enum):
 
 
 def _reports_errors(command):
-    """Turn library errors into one line on stderr and a non-zero exit code; no traceback."""
+    """Turn library errors into one line on stderr and a non-zero exit code; no traceback.
+    SIGINT and SIGTERM both interrupt (live recordings are kept: see `pipeline.run`)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with signals_interrupt():
+                return command(*args, **kwargs)
         except EdgesegError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            _error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            name = getattr(exc, "signal_name", "SIGINT")
+            _error(f"interrupted by {name}; nothing was kept of this run's output (a video file is only written"
+                   " whole: use --max-frames or --duration for part of one)")
+            raise typer.Exit(143 if name == "SIGTERM" else 130) from None
 
     return wrapper
+
+
+def _error(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
 
 
 ModelOpt = typer.Option(..., "--model", "-m", help="TFLite model (.tflite); *_edgetpu.tflite runs on the Edge TPU.")
@@ -69,7 +77,10 @@ SmoothOpt = typer.Option(0.0, "--smooth", min=0.0, max=0.99, help="Temporal smoo
 def _segmenter(model: Path, threads: Optional[int], device: Device):
     from edgeseg.segmenter import Segmenter, SegmenterOptions
 
-    return Segmenter(SegmenterOptions(model=model, threads=threads, device=device.value))
+    segmenter = Segmenter(SegmenterOptions(model=model, threads=threads, device=device.value))
+    for warning in segmenter.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    return segmenter
 
 
 def _display(headless: bool):
@@ -109,13 +120,31 @@ def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth,
             first = source.read()
             if first is None:
                 raise InputError(f"{source.name} gave no frame; check the source")
-            sink = VideoSink(output, source.fps, (first.shape[1], first.shape[0]))
+            # A live recording is tagged with the rate its frames really arrive at (measured).
+            sink = VideoSink(output, None if source.live else source.fps, (first.shape[1], first.shape[0]))
             source = _Prepend(source, first)
         stats = run(source, segmenter, options, sink=sink, show=show)
     typer.echo(stats.summary())
-    if output is not None:
-        typer.echo(f"wrote {output}")
+    if sink is not None:
+        typer.echo(f"wrote {output} ({sink.frames} frames at {sink.fps:.2f} FPS)")
+    skipped = getattr(source, "skipped", [])
+    if skipped:
+        for message in skipped:
+            _error(message)
+        typer.echo(f"{stats.frames} done, {len(skipped)} failed", err=True)
+        raise typer.Exit(InputError.exit_code)
     return stats
+
+
+def _check_output(source: str | None, output: Optional[Path]) -> None:
+    """Fail before any work when `output` cannot be written, or would overwrite `source`."""
+    from edgeseg.sinks import check_video_output
+
+    if output is None:
+        return
+    check_video_output(output)
+    if source is not None and output.exists() and Path(source).exists() and os.path.samefile(source, output):
+        raise InputError(f"--output {output} is the input video itself; choose another output name")
 
 
 class _Prepend:
@@ -153,6 +182,7 @@ def camera(
     """Segment a live camera; stale frames are dropped so the overlay never lags. Press q to quit."""
     from edgeseg.sources import open_camera, wait_for_first_frame
 
+    _check_output(None, output)
     segmenter = _segmenter(model, threads, device)  # fail on a bad model before touching the camera
     source = open_camera(camera)
     try:
@@ -183,6 +213,7 @@ def video(
     """Segment every frame of a video file (same frame count, size and fps out) or a stream."""
     from edgeseg.sources import open_source
 
+    _check_output(source, output)
     segmenter = _segmenter(model, threads, device)  # fail on a bad model before opening the source
     _run_stream(open_source(source, decode_threads), segmenter, output, headless, alpha, legend, hud, smooth,
                 max_frames, duration)
@@ -191,7 +222,7 @@ def video(
 @app.command()
 @_reports_errors
 def image(
-    images: list[Path] = typer.Argument(..., help="Image files."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     model: Path = ModelOpt,
     output: Path = typer.Option(Path("out"), "--output", "-o", help="Folder for <name>_overlay.png and <name>_classes.png."),
     threads: Optional[int] = ThreadsOpt,
@@ -199,24 +230,69 @@ def image(
     alpha: float = AlphaOpt,
     legend: bool = LegendOpt,
 ) -> None:
-    """Overlay and raw class-index PNG (pixel value = class index) for each image."""
+    """Overlay and raw class-index PNG (pixel value = class index) for each image. A bad image is
+    reported on its own line and the others are still done; the exit code says if any failed."""
     import numpy as np
 
     from edgeseg.overlay import render
     from edgeseg.segmenter import upscale
     from edgeseg.sinks import check_writable_dir, write_image
 
+    paths = _expand_images(images)
     segmenter = _segmenter(model, threads, device)
     check_writable_dir(output)
-    for path in images:
-        frame = _read_image(path)
+    failed = 0
+    for path, name in zip(paths, unique_names(paths)):
+        try:
+            frame = _read_image(path)
+        except InputError as exc:
+            _error(str(exc))
+            failed += 1
+            continue
         class_map = upscale(segmenter.segment(frame), frame.shape[:2])
         overlay = render(frame, class_map, segmenter.labels, segmenter.palette_bgr, alpha, legend)
-        write_image(output / f"{path.stem}_overlay.png", overlay)
-        write_image(output / f"{path.stem}_classes.png", class_map)
+        write_image(output / f"{name}_overlay.png", overlay)
+        write_image(output / f"{name}_classes.png", class_map)
         present = np.unique(class_map)
         names = ", ".join(segmenter.labels.names[i] for i in present if i)
-        typer.echo(f"{path.name}: {segmenter.last_inference_ms:.1f} ms, classes: {names or '-'}")
+        typer.echo(f"{path}: {segmenter.last_inference_ms:.1f} ms, classes: {names or '-'} -> {name}_*.png")
+    if len(paths) > 1 or failed:
+        typer.echo(f"{len(paths) - failed} done, {failed} failed", err=True)
+    if failed:
+        raise typer.Exit(InputError.exit_code)
+
+
+def _expand_images(items: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for its images (sorted)."""
+    from edgeseg.dataset import list_images
+
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise InputError(f"folder {item} holds no images (.jpg/.png/.bmp); pass image files or a folder of them")
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """An output name per input: its stem, made unique where stems collide (``c1/photo.jpg`` and
+    ``c2/photo.jpg`` -> ``c1_photo``, ``c2_photo``; ``photo.jpg`` and ``photo.png`` -> ``photo_jpg``,
+    ``photo_png``; the same file twice -> ``photo``, ``photo_2``)."""
+    names = [p.stem for p in paths]
+    for widen in (lambda p: f"{p.parent.name}_{p.stem}" if p.parent.name else p.stem,
+                  lambda p: f"{p.parent.name + '_' if p.parent.name else ''}{p.stem}_{p.suffix.lstrip('.').lower()}"):
+        counts = {n: names.count(n) for n in names}
+        names = [widen(p) if counts[n] > 1 else n for p, n in zip(paths, names)]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
 
 
 def _read_image(path: Path):
@@ -224,6 +300,8 @@ def _read_image(path: Path):
     import cv2
     import numpy as np
 
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; pass it alone to segment all its images, or name image files")
     if not path.is_file():
         raise InputError(f"image {path} does not exist; check the path")
     data = np.fromfile(str(path), dtype=np.uint8)

@@ -6,6 +6,11 @@ a non-zero exit code. Every message says what is wrong *and* how to fix it.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
 
 class EdgesegError(Exception):
     """Base class of every error edgeseg reports to users."""
@@ -43,3 +48,37 @@ class StreamError(InputError):
     def __init__(self, message: str, frames_done: int = 0) -> None:
         super().__init__(message)
         self.frames_done = frames_done
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM (systemd, docker stop), raised in the main thread by
+    `signals_interrupt`; `signal_name` says which. A KeyboardInterrupt, so code that handles
+    Ctrl-C handles both."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` once in the main thread; a second
+    signal while the first is being handled (outputs being finished) is ignored, so finishing a
+    recording cannot itself be cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, _frame):
+        if raised:
+            return
+        raised.append(signum)
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

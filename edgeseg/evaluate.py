@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm import tqdm
 
-from edgeseg.dataset import Pairs, read_image_rgb, read_mask
+from edgeseg.dataset import DatasetError, Pairs, read_image_rgb, read_mask
 from edgeseg.labels import LabelSet
 from edgeseg.metrics import Scores, confusion_matrix, scores
 from edgeseg.preprocess import resize_mask
@@ -32,6 +32,10 @@ def evaluate(predict: Predictor, pairs: Pairs, labels: LabelSet, progress: bool 
     for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=desc, unit="img",
                                       disable=not progress, leave=False):
         truth = read_mask(mask_path, labels.num_classes)
-        prediction = resize_mask(predict(read_image_rgb(image_path)), truth.shape)
+        image = read_image_rgb(image_path)
+        if truth.shape != image.shape[:2]:
+            raise DatasetError(f"{mask_path} is {truth.shape[1]}x{truth.shape[0]} but its image is"
+                               f" {image.shape[1]}x{image.shape[0]}; masks must match their images")
+        prediction = resize_mask(predict(image), truth.shape)
         matrix += confusion_matrix(truth, prediction, labels.num_classes)
     return scores(matrix), matrix

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 from edgeseg.labels import LabelSet
@@ -78,14 +79,28 @@ def attach_metadata(model_bytes: bytes, metadata: ModelMetadata) -> bytes:
     return flatbuffer + buffer.getvalue()
 
 
+class MetadataError(ValueError):
+    """The embedded metadata is there but damaged (the model itself may still run)."""
+
+
 def read_metadata(model_bytes: bytes) -> ModelMetadata | None:
-    """The embedded metadata, or None for a model exported by another tool."""
+    """The embedded metadata, or None for a model exported by another tool.
+
+    Raises:
+        MetadataError: an archive is appended but cannot be read: a damaged ZIP (bad CRC, broken
+            deflate data), JSON that does not parse, or missing or mistyped fields.
+    """
     if _archive_start(model_bytes) is None:
         return None
-    with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
-        if METADATA_NAME not in archive.namelist():
-            return None
-        return ModelMetadata.from_json(archive.read(METADATA_NAME).decode("utf-8"))
+    try:
+        with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
+            if METADATA_NAME not in archive.namelist():
+                return None
+            return ModelMetadata.from_json(archive.read(METADATA_NAME).decode("utf-8"))
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MetadataError(f"unreadable: {exc.__class__.__name__}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MetadataError(f"a field is missing or of the wrong type: {exc.__class__.__name__} {exc}") from exc
 
 
 def _archive_start(model_bytes: bytes) -> int | None:

@@ -17,7 +17,7 @@ import numpy as np
 from edgeseg.backend import Runtime, make_interpreter
 from edgeseg.errors import ModelError
 from edgeseg.labels import ADE20K, LabelSet, builtin_for
-from edgeseg.metadata import ModelMetadata, read_metadata
+from edgeseg.metadata import MetadataError, ModelMetadata, read_metadata
 from edgeseg.preprocess import InputSpec, cv_lut, normalize, prepare_pixels
 
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
@@ -144,13 +144,22 @@ class Segmenter:
             raise ModelError(f"model {name} output has shape {list(out_info.shape)}; edgeseg needs (1, H, W, classes)"
                              " scores or a (1, H, W) class map")
 
-        metadata: ModelMetadata | None = read_metadata(content)
+        self.warnings: list[str] = []  # problems the model still runs with (the CLI prints them)
         height, width = in_info.shape[1], in_info.shape[2]
+        try:
+            metadata: ModelMetadata | None = read_metadata(content)
+            if metadata is not None:
+                if (metadata.input.height, metadata.input.width) != (height, width):
+                    raise MetadataError(f"it says {metadata.input.height}x{metadata.input.width} but the input is"
+                                        f" {height}x{width}")
+                if channels and channels != metadata.labels.num_classes:
+                    raise MetadataError(f"it lists {metadata.labels.num_classes} labels for {channels} outputs")
+        except MetadataError as exc:
+            metadata = None
+            self.warnings.append(f"model {name}: its embedded metadata is damaged ({exc}); running with generic"
+                                 " labels and input settings - re-export it with `python -m convert`")
         if metadata is not None:
             labels, spec = metadata.labels, metadata.input
-            if (spec.height, spec.width) != (height, width):
-                raise ModelError(f"model {name}: metadata says {spec.height}x{spec.width} but the input is"
-                                 f" {height}x{width}; re-export it with `python -m convert`")
         else:
             labels = builtin_for(channels) if channels else ADE20K
             spec = InputSpec(height=height, width=width)

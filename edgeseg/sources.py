@@ -26,7 +26,9 @@ DEFAULT_FPS = 25.0  # assumed when a source does not report its frame rate
 # (vtest.avi, H.264 480x360, 2 cores: 0.45 ms CPU per frame on one thread, 0.74 ms with FFmpeg's
 # default two, same wall time). Raise it with --decode-threads for large videos on many cores.
 DECODE_THREADS = 1
-CAMERA_OPEN_TIMEOUT_S = 5.0
+# A camera or stream that delivers nothing for this long has failed: at open, for the first
+# frame, and between frames (OpenCV's own default for network streams is 30 s).
+STALL_TIMEOUT_S = 5.0
 
 
 class FrameSource:
@@ -108,7 +110,8 @@ class VideoFileSource(FrameSource):
 
 
 class ImageFolderSource(FrameSource):
-    """The images of a folder, sorted by name, as a video."""
+    """The images of a folder, sorted by name, as a video. Unreadable images are skipped and
+    listed in `skipped` (one message each), so one bad file does not cost the others."""
 
     def __init__(self, folder: Path, fps: float = DEFAULT_FPS) -> None:
         self.name = str(folder)
@@ -119,15 +122,18 @@ class ImageFolderSource(FrameSource):
         self.frame_count = len(self._paths)
         self._index = 0
         self._size: tuple[int, int] | None = None
+        self.skipped: list[str] = []
 
     def read(self) -> np.ndarray | None:
-        if self._index >= len(self._paths):
-            return None
-        path = self._paths[self._index]
-        self._index += 1
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise InputError(f"{path} is not a readable image; remove it from the folder")
+        frame = None
+        while frame is None:
+            if self._index >= len(self._paths):
+                return None
+            path = self._paths[self._index]
+            self._index += 1
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                self.skipped.append(f"{path} is not a readable image (skipped); fix or remove it")
         if self._size is None:
             self._size = frame.shape[:2]
         elif frame.shape[:2] != self._size:
@@ -172,7 +178,7 @@ class LiveSource(FrameSource):
     def read(self) -> np.ndarray | None:
         with self._lock:
             while not self._fresh and not self._failed and not self._stopped:
-                self._lock.wait(timeout=CAMERA_OPEN_TIMEOUT_S)
+                self._lock.wait(timeout=STALL_TIMEOUT_S)
                 if not self._fresh and not self._failed:
                     self._failed = True
             if not self._fresh:
@@ -207,13 +213,34 @@ def open_camera(camera: str) -> LiveSource:
     return LiveSource(capture, f"camera {camera}")
 
 
-def open_stream(url: str) -> LiveSource:
-    """Open an rtsp/http stream as a live source."""
-    capture = cv2.VideoCapture(url)
-    if not capture.isOpened():
-        capture.release()
-        raise InputError(f"stream {url} cannot be opened; check the URL plays in a media player")
+def open_stream(url: str, timeout_s: float = STALL_TIMEOUT_S) -> LiveSource:
+    """Open an rtsp/http stream as a live source; a host that does not answer fails within
+    `timeout_s` (open and each read), and Ctrl-C stops the wait at once.
+
+    Raises:
+        InputError: the stream does not open in time.
+    """
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout_s * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+              int(timeout_s * 1000)]
+    capture = _off_main_thread(lambda: cv2.VideoCapture(url, cv2.CAP_FFMPEG, params), timeout_s + 2.0)
+    if capture is None or not capture.isOpened():
+        if capture is not None:
+            capture.release()
+        raise InputError(f"stream {url} did not open within {timeout_s:.0f} s; check the URL plays in a media"
+                         " player and the host answers")
     return LiveSource(capture, url)
+
+
+def _off_main_thread(call, timeout_s: float):
+    """Run a blocking OpenCV call on a daemon thread and wait for it here in short steps, so a signal
+    (Ctrl-C, SIGTERM) is handled at once instead of after the call returns. None on timeout."""
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(call()), name="open stream", daemon=True)
+    worker.start()
+    deadline = time.monotonic() + timeout_s
+    while worker.is_alive() and time.monotonic() < deadline:
+        worker.join(0.05)
+    return result[0] if result else None
 
 
 def open_source(source: str, decode_threads: int = DECODE_THREADS) -> FrameSource:
@@ -226,7 +253,7 @@ def open_source(source: str, decode_threads: int = DECODE_THREADS) -> FrameSourc
     return VideoFileSource(path, decode_threads)
 
 
-def wait_for_first_frame(source: FrameSource, timeout_s: float = CAMERA_OPEN_TIMEOUT_S) -> None:
+def wait_for_first_frame(source: FrameSource, timeout_s: float = STALL_TIMEOUT_S) -> None:
     """Used by live sources at start: raise when no frame arrives in time."""
     deadline = time.monotonic() + timeout_s
     while isinstance(source, LiveSource) and source.captured == 0 and time.monotonic() < deadline:

@@ -57,19 +57,37 @@ def main(
         fail(str(exc))
     from train.run import fit  # heavy: imports TensorFlow
 
+    from edgeseg.errors import EdgesegError, signals_interrupt
+
     try:
-        fit(cfg)
+        with signals_interrupt():
+            fit(cfg)
     except ValueError as exc:  # DatasetError, ConfigError and bad settings are ValueErrors
         fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"training interrupted; run the same command again to resume from the last finished epoch"
-             f" (backup in {cfg.run_dir}/backup)", 130)
+    except EdgesegError as exc:  # e.g. a full disk while saving
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt as exc:
+        name = getattr(exc, "signal_name", "SIGINT")
+        fail(f"training stopped by {name} {resume_point(Path(cfg.run_dir))}; run the same command again to resume"
+             " from there", 143 if name == "SIGTERM" else 130)
     except Exception as exc:  # noqa: BLE001 - TF wraps errors raised inside tf.data
         if os.environ.get("TF_CONFIG") and exc.__class__.__name__ in LOST_PEER_ERRORS:
             lost_worker(exc, cfg.run_dir)
         message = str(exc).strip().splitlines()
         text = next((line for line in message if "DatasetError" in line or "Error:" in line), message[0] if message else "")
         fail(f"training stopped: {text.split('DatasetError:')[-1].strip()}", 1)
+
+
+def resume_point(run_dir: Path) -> str:
+    """Where an interrupted run will resume, read from its backup."""
+    import json
+
+    metadata = run_dir / "backup" / "training_metadata.json"
+    try:
+        epoch = int(json.loads(metadata.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return "before finishing its first epoch (it will start over)"
+    return f"after finishing epoch {epoch} (backup in {run_dir / 'backup'})"
 
 
 # What TensorFlow raises on the workers left behind when one worker of a multi-worker run is lost.

@@ -5,15 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import cv2
 import keras
 import numpy as np
 
+from edgeseg import atomic
+from edgeseg.atomic import atomic_path
 from edgeseg.labels import LabelSet
 from edgeseg.overlay import colourise
+from edgeseg.sinks import write_image
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -38,13 +40,9 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
             return
         self.best = float(value)
-        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        self.model.save(tmp)
-        os.replace(tmp, self.path)
-        record = {"monitor": self.monitor, "value": self.best, "epoch": epoch + 1}
-        tmp_record = self.record_path.with_name(self.record_path.name + ".tmp")
-        tmp_record.write_text(json.dumps(record))
-        os.replace(tmp_record, self.record_path)
+        with atomic_path(self.path) as tmp:
+            self.model.save(tmp)
+        atomic.write_text(self.record_path, json.dumps({"monitor": self.monitor, "value": self.best, "epoch": epoch + 1}))
         print(f"\nepoch {epoch + 1}: {self.monitor} improved to {self.best:.4f}, saved {self.path}")
 
 
@@ -72,7 +70,7 @@ class PredictionGrid(keras.callbacks.Callback):
         # over the replicas of a distributed run (an empty share breaks synchronised BatchNorm).
         predictions = np.argmax(np.asarray(self.model(self.inputs, training=False)), axis=-1).astype(np.uint8)
         grid = prediction_grid(self.pixels, self.truths, predictions, self.labels)
-        cv2.imwrite(str(self.out_dir / f"epoch_{epoch + 1:03d}.png"), grid)
+        write_image(self.out_dir / f"epoch_{epoch + 1:03d}.png", grid)
 
 
 def plot_curves(history_csv: Path, out_png: Path) -> None:
@@ -106,10 +104,9 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend()
     fig.tight_layout()
-    tmp = out_png.with_name(".tmp_" + out_png.name)
-    fig.savefig(tmp, dpi=100, format="png")
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 class CurvesPlot(keras.callbacks.Callback):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from edgeseg import atomic
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -61,13 +63,25 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given (non-None) values, checked like a config file's."""
+        changed = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changed.validate("option")
+        return changed
+
+    def validate(self, where: str = "config") -> None:
+        """Check every field's type and range.
+
+        Raises:
+            ConfigError: one line naming the key, its value and what is expected.
+        """
+        for item in dataclasses.fields(self):
+            _check_field(item.name, getattr(self, item.name), where)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        atomic.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 class ConfigError(ValueError):
@@ -90,4 +104,47 @@ def load_config(path: Path | None) -> TrainConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"config file {path} has unknown keys {unknown}; valid keys: {sorted(known)}")
-    return TrainConfig(**data)
+    config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **data})
+    config.validate(f"config file {path}")
+    return config
+
+
+# Closed choices and ranges per key; a key not listed here only has its type checked.
+CHOICES = {
+    "architecture": ("unet", "unet-lite"),
+    "optimizer": ("radam", "adamw"),
+    "lr_schedule": ("constant", "cosine"),
+    "class_weighting": ("none", "median_frequency"),
+}
+MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
+    "height": (1, True), "width": (1, True), "base_filters": (1, True), "width_multiplier": (0, False),
+    "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
+    "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "max_examples": (0, True),
+    "sample_images": (0, True), "seed": (0, True),
+}
+TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping"}
+
+
+def _check_field(key: str, value, where: str) -> None:
+    expected = {item.name: item.type for item in dataclasses.fields(TrainConfig)}[key]
+    kind = {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}[str(expected)]
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        hint = ""
+        if kind in (int, float) and isinstance(value, str):
+            hint = " (YAML reads 1e-3 without a dot as text: write 1.0e-3 or 0.001)" if "e" in value.lower() else ""
+        if kind is bool and isinstance(value, str):
+            hint = " (write true or false without quotes)"
+        raise ConfigError(f"{where}: {key} is {value!r} ({type(value).__name__}); expected {TYPE_NAMES[kind]}{hint}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{where}: {key} is {value!r}; choose one of {', '.join(CHOICES[key])}")
+    if key in MINIMUM:
+        low, inclusive = MINIMUM[key]
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{where}: {key} is {value!r}; it must be {bound}")

@@ -8,7 +8,6 @@ and extraction that refuses any entry escaping the destination (zip-slip) and is
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import zipfile
 from dataclasses import dataclass
@@ -17,6 +16,10 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from edgeseg.atomic import commit
+
+# Client errors worth a retry: request timeout and rate limiting. Any other 4xx fails at once.
+RETRY_STATUSES = {408, 429}
 CHUNK_BYTES = 1 << 16  # small enough that a dropped connection loses little
 
 
@@ -72,6 +75,17 @@ def download(url: str, dest: Path, sha1: str, retries: int = 5, backoff_s: float
         try:
             _fetch(url, part, timeout_s, progress)
             break
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status not in RETRY_STATUSES and 400 <= status < 500:
+                part.unlink(missing_ok=True)
+                raise DownloadError(f"download of {url} failed: HTTP {status} {exc.response.reason}; check the URL"
+                                    " (--url) - retrying cannot help") from exc
+            attempt += 1
+            if attempt > retries:
+                raise DownloadError(f"download of {url} failed after {retries} retries (HTTP {status}); run the same"
+                                    " command again to resume") from exc
+            time.sleep(backoff_s * 2 ** (attempt - 1))
         except (requests.RequestException, ConnectionError) as exc:
             attempt += 1
             if attempt > retries:
@@ -86,7 +100,7 @@ def download(url: str, dest: Path, sha1: str, retries: int = 5, backoff_s: float
         part.unlink()
         raise DownloadError(f"{dest.name} has SHA-1 {actual} but {sha1} was expected; the download was"
                             " corrupt and has been deleted - run the command again")
-    os.replace(part, dest)
+    commit(part, dest)
     return dest
 
 

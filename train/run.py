@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgeseg import atomic
 from edgeseg.dataset import read_image_rgb
 from edgeseg.evaluate import evaluate
 from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
@@ -125,7 +126,7 @@ def fit(config: TrainConfig) -> dict:
 def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, labels,
          train_pairs: data_lib.Pairs, val_pairs: data_lib.Pairs) -> dict:
     config.save(out_dir / "config.yaml")
-    (out_dir / "labels.json").write_text(json.dumps(labels.to_dict()))
+    atomic.write_text(out_dir / "labels.json", json.dumps(labels.to_dict()))
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -150,6 +151,7 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
           f" {model.count_params():,} parameters, {len(train_pairs)} train / {len(val_pairs)} val pairs")
 
     best_path = out_dir / "best.keras"
+    keep_finished_history(out_dir, cluster.backup_dir(run_dir))
     callbacks = make_callbacks(config, cluster, run_dir, out_dir, val_pairs, spec, labels)
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
@@ -174,9 +176,24 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
         "train_seconds_this_invocation": round(seconds, 1),
         "train_images_per_second": round(epochs_run * steps_per_epoch * config.batch_size / max(seconds, 1e-9), 2),
     })
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=1))
     print_table(result)
     return result
+
+
+def keep_finished_history(out_dir: Path, backup_dir: Path) -> None:
+    """A run that starts afresh (no backup to resume from) in a folder holding an earlier run's
+    history.csv keeps that file as history.previous[-N].csv and writes a history of its own, so no
+    epoch appears twice in one file and no earlier record is lost."""
+    history = out_dir / "history.csv"
+    if not history.is_file() or backup_dir.exists():
+        return
+    kept, n = out_dir / "history.previous.csv", 1
+    while kept.exists():
+        n += 1
+        kept = out_dir / f"history.previous-{n}.csv"
+    history.rename(kept)
+    print(f"{history} held a finished run's epochs: kept as {kept.name}; this run writes a new history.csv")
 
 
 def compute_class_weights(config: TrainConfig, train_pairs: data_lib.Pairs, labels) -> list[float] | None:
