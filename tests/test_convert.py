@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -94,6 +95,21 @@ def test_broken_calibration_trips_the_thresholds(tiny_run, camvid, tmp_path):
     assert not int8["passed"] and int8["worst_layers"]  # the quantisation debugger named layers
     assert all(row["layer"] and ";" not in row["layer"] for row in int8["worst_layers"])
     assert report["models"][1]["mode"] == "int16x8"
+
+
+def test_a_failed_conversion_keeps_the_deployed_model(exported, tiny_run, camvid, tmp_path):
+    """The new int8 model is verified under a temporary name: when it fails, the model already
+    deployed under the final name stays byte for byte, and the rejected one sits beside it."""
+    deployed = tmp_path / "tiny_int8.tflite"
+    shutil.copy(exported / "tiny_int8.tflite", deployed)
+    before = deployed.read_bytes()
+    result = convert_cli("--model", tiny_run / "best.keras", "--quantize", "int8", "--calib-data", camvid,
+                         "--eval-data", camvid, "--num-calib", 16, "--num-eval", 8, "--out-dir", tmp_path, "--name",
+                         "tiny", "--min-agreement", 0.9999)
+    assert "tiny_int8.failed.tflite" in one_error_line(result)
+    assert deployed.read_bytes() == before
+    assert (tmp_path / "tiny_int8.failed.tflite").stat().st_size > 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_bad_inputs_are_refused_without_leaving_models(tiny_run, camvid, tmp_path):
