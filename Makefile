@@ -48,7 +48,7 @@ benchmark: setup                ## latency of the bundled and (after `make seed`
 	  --model $(SEED)/export/camvid_unet_seed_bn_float32.tflite \
 	  --model $(SEED)/export/camvid_unet_seed_bn_float16.tflite \
 	  --keras $(SEED)/best.keras) \
-	  --threads 1,2 --video ../shared/data/video/vtest.avi --keras models/camvid_lite.keras
+	  --threads 1,2 --video ../shared/data/video/vtest.avi --realtime 30 --keras models/camvid_lite.keras
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -53,6 +53,8 @@ def main(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write this run as JSON here."),
     device_name: Optional[str] = typer.Option(None, "--device-name", help="Name of this device in the tables."),
     save: bool = typer.Option(True, "--save/--no-save", help="Append to benchmarks/results/<device>.jsonl."),
+    realtime: float = typer.Option(0.0, "--realtime", min=0.0, help="Also measure capture-to-overlay latency with"
+                                   " --video delivered like a camera at this many FPS (e.g. 30); 0 = skip."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -102,6 +104,17 @@ def main(
                            f" {pipe['one_thread_cpu_ms_per_frame']:.2f} on one thread; in-pipeline inference p50"
                            f" {pipe['in_pipeline_inference_p50_ms']:.2f} ms, host stages p50 ms: "
                            + ", ".join(f"{k} {v:.2f}" for k, v in pipe["host_stage_p50_ms"].items()) + ")")
+        latency = []
+        for path in model if realtime and video is not None else ():
+            result = measure.bench_realtime(path, thread_counts[0], video, realtime)
+            latency.append(result)
+            lat = result["latency_ms"]
+            typer.echo(f"{result['model']:<34} x{result['threads']} live at {realtime:g} FPS: latency p50"
+                       f" {lat.get('p50', 0):.1f} p90 {lat.get('p90', 0):.1f} p99 {lat.get('p99', 0):.1f} ms"
+                       f" (target p50 <= inference {result['inference_p50_ms']:.1f} + one frame"
+                       f" {1000 / realtime:.1f} = {result['latency_budget_ms']:.1f} ms:"
+                       f" {'met' if result['latency_target_met'] else 'NOT met'}), {result['fps']:.1f} FPS,"
+                       f" {result['dropped']} dropped")
         for path in keras_model or []:
             for row in measure.bench_keras(path, frame, max(10, runs // 10), min(3, warmup)):
                 rows.append(row)
@@ -113,7 +126,7 @@ def main(
         typer.echo(text)
     typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()))
     record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
-              "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios}
+              "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios, "latency": latency}
     if json_out is not None:
         write_text(json_out, json.dumps(record, indent=1))
     if save:

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -60,7 +62,9 @@ def _error(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
 
 
-ModelOpt = typer.Option(..., "--model", "-m", help="TFLite model (.tflite); *_edgetpu.tflite runs on the Edge TPU.")
+ModelOpt = typer.Option(BUNDLED_MODEL, "--model", "-m", show_default=False,
+                        help="TFLite model (.tflite; default: the bundled CamVid model); *_edgetpu.tflite runs on"
+                        " the Edge TPU.")
 ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="CPU threads for inference (default: runtime's choice).")
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto, cpu or edgetpu.")
 AlphaOpt = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Mask opacity.")
@@ -105,7 +109,78 @@ def _display(headless: bool):
     return show
 
 
-def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration):
+@dataclass
+class Extras:
+    """What runs beside the pipeline: the live page, per-frame JSON lines, triggers."""
+
+    serve: Optional[str] = None
+    serve_token: Optional[str] = None
+    jsonl: Optional[Path] = None
+    on: list[str] = field(default_factory=list)
+    execs: list[str] = field(default_factory=list)
+    on_clear: Optional[float] = None
+    min_interval: float = 2.0
+    snapshot: Optional[Path] = None
+
+
+ServeOpt = typer.Option(None, "--serve", help="Live page at [HOST:]PORT (127.0.0.1 unless a host is given;"
+                        " beyond loopback a token is required).")
+ServeTokenOpt = typer.Option(None, "--serve-token", help="Token for --serve (default: random, printed at start).")
+JsonlOpt = typer.Option(None, "--jsonl", help="Write one JSON line per frame (index, times, class shares) here.")
+OnOpt = typer.Option([], "--on", help='Trigger, e.g. "pedestrian>0.05" (repeatable; pairs with --exec in order).')
+ExecOpt = typer.Option([], "--exec", help="Command run when the --on in the same position fires (JSON on stdin).")
+OnClearOpt = typer.Option(None, "--on-clear", help="Share at which a fired trigger re-arms (default: half its threshold).")
+MinIntervalOpt = typer.Option(2.0, "--min-interval", min=0.0, help="Seconds between two firings of one trigger.")
+SnapshotOpt = typer.Option(None, "--snapshot", help="Folder where each firing saves the overlaid frame.")
+
+
+@contextlib.contextmanager
+def _beside(extras: Extras, segmenter, source):
+    """Start what `extras` asks for; yield the pipeline's on_frame callback (or None)."""
+    from edgeseg.events import JsonlWriter, Triggers, build_triggers, frame_record
+    from edgeseg.serve import LiveServer, palette_hex
+
+    triggers = Triggers(build_triggers(extras.on, extras.execs, extras.snapshot, extras.on_clear,
+                                       extras.min_interval, segmenter.labels.names)) if extras.on else None
+    if extras.execs and not extras.on:
+        raise InputError("--exec needs an --on \"CLASS>SHARE\" that says when to run it")
+    server = writer = None
+    try:
+        if extras.serve is not None:
+            server = LiveServer(extras.serve, extras.serve_token, palette_hex(segmenter.labels, segmenter.palette_bgr))
+            server.__enter__()
+            typer.echo(f"live page: {server.url}", err=True)
+        writer = JsonlWriter(extras.jsonl) if extras.jsonl is not None else None
+        if server is None and writer is None and triggers is None:
+            yield None
+            return
+
+        def on_frame(result) -> None:
+            record = frame_record(result) if writer is not None or triggers is not None else None
+            if writer is not None:
+                writer.write(record)
+            if triggers is not None:
+                triggers(result, record)
+            if server is not None:
+                server.publish(result, source.dropped)
+
+        yield on_frame
+    finally:
+        if server is not None:
+            server.close()
+        if writer is not None:
+            writer.close()
+            typer.echo(f"wrote {writer.lines} lines to {writer.path}", err=True)
+        if triggers is not None:
+            triggers.close()
+            for trigger in triggers.triggers:
+                typer.echo(f"trigger {trigger.name}: fired {trigger.fired} times", err=True)
+            for message in triggers.errors:
+                typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration,
+                extras: Extras | None = None):
     """Run the pipeline on an opened source; a StreamError (source ended early) reaches the
     command's error handler after the sink has been finished with the frames read."""
     from edgeseg.pipeline import PipelineOptions, run
@@ -114,7 +189,7 @@ def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth,
     options = PipelineOptions(alpha=alpha, legend=legend, hud=hud, smooth=smooth, max_frames=max_frames,
                               duration=duration)
     show = _display(headless)
-    with source:
+    with source, _beside(extras or Extras(), segmenter, source) as on_frame:
         sink = None
         if output is not None:
             first = source.read()
@@ -123,7 +198,7 @@ def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth,
             # A live recording is tagged with the rate its frames really arrive at (measured).
             sink = VideoSink(output, None if source.live else source.fps, (first.shape[1], first.shape[0]))
             source = _Prepend(source, first)
-        stats = run(source, segmenter, options, sink=sink, show=show)
+        stats = run(source, segmenter, options, sink=sink, show=show, on_frame=on_frame)
     typer.echo(stats.summary())
     if sink is not None:
         typer.echo(f"wrote {output} ({sink.frames} frames at {sink.fps:.2f} FPS)")
@@ -178,6 +253,14 @@ def camera(
     smooth: float = SmoothOpt,
     max_frames: int = MaxFramesOpt,
     duration: float = DurationOpt,
+    serve: Optional[str] = ServeOpt,
+    serve_token: Optional[str] = ServeTokenOpt,
+    jsonl: Optional[Path] = JsonlOpt,
+    on: list[str] = OnOpt,
+    exec_: list[str] = ExecOpt,
+    on_clear: Optional[float] = OnClearOpt,
+    min_interval: float = MinIntervalOpt,
+    snapshot: Optional[Path] = SnapshotOpt,
 ) -> None:
     """Segment a live camera; stale frames are dropped so the overlay never lags. Press q to quit."""
     from edgeseg.sources import open_camera, wait_for_first_frame
@@ -190,7 +273,8 @@ def camera(
     except InputError:
         source.close()
         raise
-    _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration)
+    _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration,
+                Extras(serve, serve_token, jsonl, on, exec_, on_clear, min_interval, snapshot))
 
 
 @app.command()
@@ -209,14 +293,25 @@ def video(
     max_frames: int = MaxFramesOpt,
     duration: float = DurationOpt,
     decode_threads: int = DecodeThreadsOpt,
+    realtime: bool = typer.Option(False, "--realtime", help="Read a video file at its own frame rate, as a camera"
+                                  " would deliver it (frames the model cannot keep up with are dropped)."),
+    serve: Optional[str] = ServeOpt,
+    serve_token: Optional[str] = ServeTokenOpt,
+    jsonl: Optional[Path] = JsonlOpt,
+    on: list[str] = OnOpt,
+    exec_: list[str] = ExecOpt,
+    on_clear: Optional[float] = OnClearOpt,
+    min_interval: float = MinIntervalOpt,
+    snapshot: Optional[Path] = SnapshotOpt,
 ) -> None:
     """Segment every frame of a video file (same frame count, size and fps out) or a stream."""
-    from edgeseg.sources import open_source
+    from edgeseg.sources import open_realtime, open_source
 
     _check_output(source, output)
     segmenter = _segmenter(model, threads, device)  # fail on a bad model before opening the source
-    _run_stream(open_source(source, decode_threads), segmenter, output, headless, alpha, legend, hud, smooth,
-                max_frames, duration)
+    opened = open_realtime(Path(source), decode_threads) if realtime else open_source(source, decode_threads)
+    _run_stream(opened, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration,
+                Extras(serve, serve_token, jsonl, on, exec_, on_clear, min_interval, snapshot))
 
 
 @app.command()
@@ -229,12 +324,15 @@ def image(
     device: Device = DeviceOpt,
     alpha: float = AlphaOpt,
     legend: bool = LegendOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line per image (the --jsonl schema, plus"
+                                 " image and outputs) instead of text."),
 ) -> None:
     """Overlay and raw class-index PNG (pixel value = class index) for each image. A bad image is
     reported on its own line and the others are still done; the exit code says if any failed."""
     import numpy as np
 
     from edgeseg.overlay import render
+    from edgeseg.pipeline import label_shares
     from edgeseg.segmenter import upscale
     from edgeseg.sinks import check_writable_dir, write_image
 
@@ -253,6 +351,12 @@ def image(
         overlay = render(frame, class_map, segmenter.labels, segmenter.palette_bgr, alpha, legend)
         write_image(output / f"{name}_overlay.png", overlay)
         write_image(output / f"{name}_classes.png", class_map)
+        if as_json:
+            typer.echo(json.dumps({"image": str(path), "inference_ms": round(segmenter.last_inference_ms, 3),
+                                   "shares": label_shares(class_map, segmenter.labels),
+                                   "overlay": str(output / f"{name}_overlay.png"),
+                                   "classes": str(output / f"{name}_classes.png")}))
+            continue
         present = np.unique(class_map)
         names = ", ".join(segmenter.labels.names[i] for i in present if i)
         typer.echo(f"{path}: {segmenter.last_inference_ms:.1f} ms, classes: {names or '-'} -> {name}_*.png")

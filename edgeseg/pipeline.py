@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError, StreamError
-from edgeseg.overlay import render
+from edgeseg.overlay import class_shares, render
 from edgeseg.segmenter import Segmenter
 from edgeseg.sinks import VideoSink
 from edgeseg.sources import FrameSource
@@ -68,6 +68,45 @@ class PipelineOptions:
     duration: float = 0.0
 
 
+@dataclass
+class FrameResult:
+    """One processed frame, as `run` hands it to `on_frame` (on the drawing thread).
+
+    Attributes:
+        index: 0-based count of processed frames.
+        captured: wall-clock time (time.time()) the frame was captured or decoded.
+        latency_ms: capture -> overlay ready (and written, when there is a sink).
+        inference_ms: the model's invoke time.
+        class_map: class indices at model resolution (uint8).
+        image: the overlaid BGR frame.
+        labels: the model's labels.
+        frame: the source's BGR frame.
+    """
+
+    index: int
+    captured: float
+    latency_ms: float
+    inference_ms: float
+    class_map: np.ndarray
+    image: np.ndarray
+    labels: object
+    frame: np.ndarray | None = None
+
+    def shares(self) -> dict[str, float]:
+        """Share of the labelled pixels (class 0 left out) per class present, by name."""
+        return label_shares(self.class_map, self.labels)
+
+
+def label_shares(class_map: np.ndarray, labels) -> dict[str, float]:
+    """{class name: fraction of the labelled pixels} for the classes present; sums to 1."""
+    counts = class_shares(class_map, labels.num_classes)
+    counts[0] = 0.0
+    total = counts.sum()
+    if total <= 0:
+        return {}
+    return {labels.names[i]: round(float(counts[i] / total), 6) for i in np.flatnonzero(counts)}
+
+
 @dataclass(frozen=True)
 class RunStats:
     """What a run did and how fast."""
@@ -85,6 +124,7 @@ class RunStats:
     argmax_on_inference_thread: int = 0  # frames whose argmax the inference thread took over
     cpu_ms_per_frame: float = 0.0  # CPU time of the whole process (every thread) per frame
     stopped_by: str = ""  # "SIGINT" / "SIGTERM" when a live run was stopped by a signal (its normal end)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # capture -> overlay delivered: p50/p90/p99
 
     def summary(self) -> str:
         stages = ", ".join(f"{name} {ms:.2f}" for name, ms in self.stage_ms.items())
@@ -96,6 +136,8 @@ class RunStats:
                 + (f"; host stages p50 ms: {stages}" if stages else "")
                 + (f"; argmax on the inference thread for {self.argmax_on_inference_thread} frames"
                    if self.argmax_on_inference_thread else "")
+                + (f"; latency (capture to overlay) p50 {self.latency_ms['p50']:.1f} p90 {self.latency_ms['p90']:.1f}"
+                   f" p99 {self.latency_ms['p99']:.1f} ms" if self.latency_ms else "")
                 + (f"; stopped by {self.stopped_by}" if self.stopped_by else ""))
 
 
@@ -130,6 +172,7 @@ def run(
     sink: VideoSink | None = None,
     show: Callable[[np.ndarray], bool] | None = None,
     progress: bool = True,
+    on_frame: Callable[[FrameResult], None] | None = None,
 ) -> RunStats:
     """Segment every frame of `source` (or the newest ones, for live sources).
 
@@ -140,6 +183,8 @@ def run(
         sink: where overlaid frames go (None = nowhere).
         show: called with each overlaid frame from this thread; returns False to stop.
         progress: show a progress bar for sources of known length.
+        on_frame: called on the drawing thread with each processed frame, in order (live page,
+            per-frame data, triggers, the Python API); it should return quickly.
 
     Ctrl-C (KeyboardInterrupt, or `Interrupted` for SIGTERM) ends a *live* run normally: the frames
     so far are drawn and the sink finished (`RunStats.stopped_by` says so). A file run re-raises
@@ -156,17 +201,20 @@ def run(
     previous_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        return _run(source, segmenter, options, sink, show, progress)
+        return _run(source, segmenter, options, sink, show, progress, on_frame)
     finally:
         cv2.setNumThreads(previous_threads)
 
 
 def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, sink: VideoSink | None,
-         show: Callable[[np.ndarray], bool] | None, progress: bool) -> RunStats:
+         show: Callable[[np.ndarray], bool] | None, progress: bool,
+         on_frame: Callable[[FrameResult], None] | None) -> RunStats:
     smoother = TemporalSmoother(segmenter, options.smooth)
     separate_reader_now = not source.live and separate_reader()
     labels, palette = segmenter.labels, segmenter.palette_bgr
     inference_ms: deque[float] = deque(maxlen=STATS_WINDOW)
+    latency_ms: deque[float] = deque(maxlen=STATS_WINDOW)
+    drawn_count = {"n": 0}
     changed: deque[float] = deque(maxlen=STATS_WINDOW)
     # Frames in flight (read and not yet drawn) each hold one of QUEUE_FRAMES slots, which bounds
     # both queues: no put ever blocks, and shutting down needs no draining. SimpleQueue is in C
@@ -208,16 +256,17 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         if frame is None:
             return False
         t1 = clock()
+        stamp = (t1, time.time())
         tensor = segmenter.prepare(frame)
         t2 = clock()
         stage_ms["decode"].append((t1 - t0) * 1000)
         stage_ms["prepare"].append((t2 - t1) * 1000)
-        frames_in.put((frame, tensor))
+        frames_in.put((frame, tensor, stamp))
         average("host", (t2 - t0) * 1000 + last_draw_ms["host"])
         return True
 
     def draw_one(item: tuple) -> None:
-        frame, raw, class_map, infer_ms = item
+        frame, raw, class_map, infer_ms, stamp = item
         if class_map is None:
             class_map = argmax(raw)
         t0 = clock()
@@ -239,7 +288,12 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         last_draw_ms["host"] = (t2 - t0) * 1000
         if source.live:
             average("host", last_draw_ms["host"])
+        latency = (clock() - stamp[0]) * 1000
+        latency_ms.append(latency)
         latest["image"] = image
+        if on_frame is not None:
+            on_frame(FrameResult(drawn_count["n"], stamp[1], latency, infer_ms, class_map, image, labels, frame))
+        drawn_count["n"] += 1
 
     def draw_loop() -> None:
         """The drawer of a separate reader: draws each result as it comes back."""
@@ -316,6 +370,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
                 frame = source.read()
                 if frame is None:
                     break
+                stamp = source.stamp()
                 t0 = clock()
                 tensor = segmenter.prepare(frame)
                 prepare_ms = (clock() - t0) * 1000
@@ -324,7 +379,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
                 item = frames_in.get()
                 if item is _END:
                     break
-                frame, tensor = item
+                frame, tensor, stamp = item
             t0 = clock()
             raw = segmenter.invoke(tensor)
             inference_ms.append(segmenter.last_inference_ms)
@@ -333,7 +388,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
                 class_map = argmax(raw)
                 moved += 1
             average("inference", prepare_ms + (clock() - t0) * 1000)
-            drawn.put((frame, raw, class_map, segmenter.last_inference_ms))
+            drawn.put((frame, raw, class_map, segmenter.last_inference_ms, stamp))
             frames += 1
             bar.update(1)
             if show is not None and latest["image"] is not None and not show(latest["image"]):
@@ -365,7 +420,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
     stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None, stage_ms, moved,
-                   cpu_seconds, stopped_by)
+                   cpu_seconds, stopped_by, latency_ms)
     if sink is not None:
         sink.finish()
     if truncated_at is not None:
@@ -396,7 +451,7 @@ def _shutdown(stop: threading.Event, drawn: "queue.SimpleQueue", threads: list[t
 
 def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[float], changed: Sequence[float],
            truncated: bool, stage_ms: dict[str, Sequence[float]], argmax_moved: int,
-           cpu_seconds: float, stopped_by: str = "") -> RunStats:
+           cpu_seconds: float, stopped_by: str = "", latency_ms: Sequence[float] = ()) -> RunStats:
     times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
     return RunStats(
         frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
@@ -406,4 +461,13 @@ def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[flo
         stage_ms={name: float(np.median(values)) for name, values in stage_ms.items() if values},
         argmax_on_inference_thread=argmax_moved,
         cpu_ms_per_frame=1000.0 * cpu_seconds / frames if frames else 0.0, stopped_by=stopped_by,
+        latency_ms=percentiles(latency_ms),
     )
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99 of `values` (ms), or {} when there are none."""
+    if not values:
+        return {}
+    p50, p90, p99 = np.percentile(np.asarray(values), [50, 90, 99])
+    return {"p50": round(float(p50), 2), "p90": round(float(p90), 2), "p99": round(float(p99), 2)}

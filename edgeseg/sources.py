@@ -47,6 +47,11 @@ class FrameSource:
     def close(self) -> None:
         """Release the device or file."""
 
+    def stamp(self) -> tuple[float, float]:
+        """(time.perf_counter(), time.time()) at which the frame last returned by `read` was
+        captured; here: now (files are stamped as they are decoded)."""
+        return time.perf_counter(), time.time()
+
     def __enter__(self) -> "FrameSource":
         return self
 
@@ -146,13 +151,15 @@ class LiveSource(FrameSource):
 
     live = True
 
-    def __init__(self, capture: cv2.VideoCapture, name: str) -> None:
+    def __init__(self, capture: cv2.VideoCapture, name: str, finite: bool = False) -> None:
         self.name = name
+        self.finite = finite  # a paced file: its end is the normal end, not a lost stream
         self._cap = capture
         fps = capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else DEFAULT_FPS
         self._lock = threading.Condition()
         self._frame: np.ndarray | None = None
+        self._frame_stamp = self._read_stamp = (time.perf_counter(), time.time())
         self._fresh = False
         self._stopped = False
         self._failed = False
@@ -172,6 +179,7 @@ class LiveSource(FrameSource):
                 if self._fresh:
                     self.dropped += 1  # the previous frame was never consumed: stale, dropped
                 self._frame, self._fresh = frame, True
+                self._frame_stamp = (time.perf_counter(), time.time())
                 self.captured += 1
                 self._lock.notify_all()
 
@@ -184,11 +192,15 @@ class LiveSource(FrameSource):
             if not self._fresh:
                 return None
             self._fresh = False
+            self._read_stamp = self._frame_stamp
             return self._frame
+
+    def stamp(self) -> tuple[float, float]:
+        return self._read_stamp
 
     @property
     def truncated_at(self) -> int | None:
-        return self.captured if self._failed else None
+        return self.captured if self._failed and not self.finite else None
 
     def close(self) -> None:
         self._stopped = True
@@ -241,6 +253,39 @@ def _off_main_thread(call, timeout_s: float):
     while worker.is_alive() and time.monotonic() < deadline:
         worker.join(0.05)
     return result[0] if result else None
+
+
+class PacedCapture:
+    """A video file delivered like a camera: each frame at its due time by the file's frame rate."""
+
+    def __init__(self, path: Path, decode_threads: int = DECODE_THREADS, fps: float | None = None) -> None:
+        with VideoFileSource(path, decode_threads) as probe:  # the same checks and messages as a file
+            rate = fps or probe.fps
+        params = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads else []
+        self._capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, params)
+        self._interval = 1.0 / rate
+        self._fps = rate
+        self._due: float | None = None
+
+    def read(self):
+        now = time.perf_counter()
+        self._due = now if self._due is None else self._due + self._interval
+        if self._due > now:
+            time.sleep(self._due - now)
+        return self._capture.read()
+
+    def get(self, prop):
+        return self._fps if prop == cv2.CAP_PROP_FPS else self._capture.get(prop)
+
+    def release(self) -> None:
+        self._capture.release()
+
+
+def open_realtime(path: Path, decode_threads: int = DECODE_THREADS, fps: float | None = None) -> LiveSource:
+    """A video file read at its own frame rate (or `fps`), as a camera would deliver it: a live
+    source, so frames the pipeline cannot keep up with are dropped, and latency is what a viewer of
+    a camera would see."""
+    return LiveSource(PacedCapture(path, decode_threads, fps), f"{path} (real time)", finite=True)
 
 
 def open_source(source: str, decode_threads: int = DECODE_THREADS) -> FrameSource:
