@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/edgeseg: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 

@@ -24,6 +24,14 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 REPO = Path(__file__).resolve().parents[1]
 
 
+def default_results_dir() -> Path:
+    """benchmarks/results in a checkout; ./benchmark-results when installed (never site-packages)."""
+    here = Path(__file__).resolve().parent / "results"
+    if (REPO / "pyproject.toml").is_file() and here.is_dir():
+        return here
+    return Path.cwd() / "benchmark-results"
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -52,16 +60,22 @@ def main(
                                                           " paired with the TFLite models of the same name)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write this run as JSON here."),
     device_name: Optional[str] = typer.Option(None, "--device-name", help="Name of this device in the tables."),
-    save: bool = typer.Option(True, "--save/--no-save", help="Append to benchmarks/results/<device>.jsonl."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Append to RESULTS/<device>.jsonl."),
+    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Where results go (default:"
+                                               " benchmarks/results in a checkout, ./benchmark-results when installed)."),
+    sustain: float = typer.Option(0.0, "--sustain", min=0.0, help="Also run the whole pipeline on --video for this"
+                                  " many seconds, recording FPS, temperature and clock (JSONL + PNG); 0 = skip."),
     realtime: float = typer.Option(0.0, "--realtime", min=0.0, help="Also measure capture-to-overlay latency with"
                                    " --video delivered like a camera at this many FPS (e.g. 30); 0 = skip."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from benchmarks import measure
-    from benchmarks.fingerprint import fingerprint, governor_warning
-    from benchmarks.report import append_results, generate
-    from benchmarks.roofline import measure_peak
+    from . import measure
+    from .fingerprint import fingerprint, governor_warning
+    from .report import append_results, generate
+    from . import thermal
+    from .fingerprint import slug
+    from .roofline import measure_peak
     from edgeseg.errors import EdgesegError
 
     if not model:
@@ -88,7 +102,9 @@ def main(
         rows, pipeline = [], []
         for path in model:
             for count in thread_counts:
+                before = thermal.read_state()
                 row = measure.bench_tflite(path, count, frame, runs, warmup)
+                row.update(thermal_before=before, thermal_after=thermal.read_state())
                 rows.append(row)
                 typer.echo(f"{row['model']:<34} x{count}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f},"
                            f" p99 {row['p99_ms']:.2f}, {row['fps']:.1f} FPS, {row['gops']:.2f} GOP,"
@@ -115,6 +131,19 @@ def main(
                        f" {1000 / realtime:.1f} = {result['latency_budget_ms']:.1f} ms:"
                        f" {'met' if result['latency_target_met'] else 'NOT met'}), {result['fps']:.1f} FPS,"
                        f" {result['dropped']} dropped")
+        sustained = []
+        if sustain and video is None:
+            fail("--sustain needs --video CLIP (the pipeline runs on it, looped)")
+        for path in model if sustain else ():
+            name = f"sustain-{slug(facts['device'])}-{path.stem}"
+            out = results_dir or default_results_dir()
+            result = thermal.sustain(path, video, sustain, thread_counts[0], out / f"{name}.jsonl", out / f"{name}.png")
+            sustained.append(result)
+            flag = (f"THROTTLED in {result['throttled_samples']} of {result['samples']} samples (first at"
+                    f" {result['first_throttled_s']} s)") if result["throttled_samples"] else "no throttling seen"
+            typer.echo(f"{result['model']:<34} sustained {result['seconds']} s: FPS {result['fps_first']} at start,"
+                       f" {result['fps_last']} at the end; {flag}; now {thermal.describe(thermal.read_state())};"
+                       f" {result['jsonl']}, {result['png']}")
         for path in keras_model or []:
             for row in measure.bench_keras(path, frame, max(10, runs // 10), min(3, warmup)):
                 rows.append(row)
@@ -126,21 +155,24 @@ def main(
         typer.echo(text)
     typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()))
     record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
-              "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios, "latency": latency}
+              "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios, "latency": latency,
+              "sustained": sustained}
     if json_out is not None:
         write_text(json_out, json.dumps(record, indent=1))
     if save:
-        path = append_results(record)
-        generate(readme=REPO / "README.md")
+        results = results_dir or default_results_dir()
+        path = append_results(record, results)
+        generate(results)
         typer.echo(f"appended to {path}; tables and chart regenerated")
 
 
 @app.command()
-def report() -> None:
-    """Regenerate results/README.md, results/latency.png and the README table from stored results."""
-    from benchmarks.report import generate
+def report(results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Folder of <device>.jsonl files.")
+           ) -> None:
+    """Regenerate RESULTS/README.md and RESULTS/latency.png from the stored results."""
+    from .report import generate
 
-    typer.echo(generate(readme=REPO / "README.md"))
+    typer.echo(generate(results_dir or default_results_dir()))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.roofline import model_ops
+from .roofline import model_ops
 from edgeseg.errors import InputError
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
@@ -66,9 +66,9 @@ def summarize(times_ms: list[float]) -> dict:
 
 def real_frame(video: Path | None) -> np.ndarray:
     """A real frame (seeded choice: the 10th frame) of the given clip or of the demo clip."""
-    from edgeseg.cli import demo_clip
+    from edgeseg.bundled import DEMO_CLIP
 
-    path = video or demo_clip()
+    path = video or DEMO_CLIP
     if not path.is_file():
         raise InputError(f"video {path} does not exist; pass a playable --video")
     capture = cv2.VideoCapture(str(path))
@@ -236,8 +236,7 @@ def bench_keras(keras_path: Path, frame: np.ndarray, runs: int, warmup: int) -> 
     import keras
     import tensorflow as tf
 
-    import train.losses  # noqa: F401
-    import train.optim  # noqa: F401
+    import_training_objects()
     from edgeseg.preprocess import InputSpec, preprocess
 
     model = keras.models.load_model(keras_path, compile=False)
@@ -276,3 +275,13 @@ def bench_realtime(model: Path, threads: int, video: Path, fps: float, seconds: 
             "frames": stats.frames, "dropped": stats.dropped, "fps": stats.fps,
             "inference_p50_ms": stats.inference_p50_ms, "latency_ms": stats.latency_ms,
             "latency_budget_ms": round(budget, 2), "latency_target_met": stats.latency_ms.get("p50", 1e9) <= budget}
+
+
+def import_training_objects() -> None:
+    """Import train's custom Keras objects (loss, metrics, RectifiedAdam) so its checkpoints load:
+    the `train` package in a checkout, `edgeseg.train` in an installed wheel."""
+    import importlib
+
+    parent = (__package__ or "").rpartition(".")[0]
+    for name in ("losses", "optim"):
+        importlib.import_module(f"{parent + '.' if parent else ''}train.{name}")

@@ -16,6 +16,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.errors import EdgesegError  # noqa: E402
+from edgeseg.extras import require  # noqa: E402
+
+
+def require_extras() -> None:
+    try:
+        require("convert")
+    except EdgesegError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(exc.exit_code) from None
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -63,7 +74,8 @@ def main(
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration image selection."),
 ) -> None:
     """Export float16 / int8 TFLite models with embedded metadata and verify them against Keras."""
-    from convert.pipeline import ConvertOptions, run
+    require_extras()
+    from .pipeline import ConvertOptions, run
 
     if edgetpu and fallback != Fallback.none:
         fail(f"--fallback {fallback.value} makes a model with float or 16-bit ops, which the Edge TPU cannot run;"
@@ -84,7 +96,7 @@ def main(
         name=name or (model.parent.name if model.stem == "best" else model.stem), min_agreement=min_agreement,
         max_miou_drop=max_miou_drop, fallback=fallback.value, seed=seed,
     )
-    from convert.source import ConvertError
+    from .source import ConvertError
     from edgeseg.errors import EdgesegError
 
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from convert.source import ConvertError
+from .source import ConvertError
 from edgeseg.dataset import DatasetError, list_images, read_image_rgb
 from edgeseg.preprocess import InputSpec, preprocess
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from convert.source import ConvertError, SourceModel
+from .source import ConvertError, SourceModel
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 import tensorflow as tf
 
 import edgeseg
-from convert import export
-from convert.calibration import calibration_images, representative_dataset
-from convert.report import write_report
-from convert.source import ConvertError, SourceModel, labels_for, load_source
-from convert.verify import host_argmax_ms, layer_errors, verify
+from . import export
+from .calibration import calibration_images, representative_dataset
+from .report import write_report
+from .source import ConvertError, SourceModel, labels_for, load_source
+from .verify import host_argmax_ms, layer_errors, verify
 from edgeseg import atomic
 from edgeseg.dataset import list_pairs
 from edgeseg.metadata import ModelMetadata, attach_metadata

@@ -148,8 +148,7 @@ def load_source(path: Path) -> SourceModel:
     if path.suffix not in (".keras", ".h5"):
         raise ConvertError(f"{path} is not a Keras model (.keras) or SavedModel folder; pass RUN/best.keras")
     try:
-        import train.losses  # noqa: F401 - registers the custom loss/metrics the checkpoint names
-        import train.optim  # noqa: F401 - registers RectifiedAdam
+        import_training_objects()
 
         model = as_float32(keras.models.load_model(path, compile=False))
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
@@ -193,3 +192,13 @@ def labels_for(source: SourceModel, eval_root: Path | None) -> LabelSet:
     if labels.num_classes != source.num_classes:
         labels = builtin_for(source.num_classes)
     return labels
+
+
+def import_training_objects() -> None:
+    """Import train's custom Keras objects (loss, metrics, RectifiedAdam) so its checkpoints load:
+    the `train` package in a checkout, `edgeseg.train` in an installed wheel."""
+    import importlib
+
+    parent = (__package__ or "").rpartition(".")[0]
+    for name in ("losses", "optim"):
+        importlib.import_module(f"{parent + '.' if parent else ''}train.{name}")

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from convert.source import SourceModel
+from .source import SourceModel
 from edgeseg.dataset import Pairs, read_image_rgb, read_mask
 from edgeseg.labels import LabelSet
 from edgeseg.metrics import confusion_matrix, scores

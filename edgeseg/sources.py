@@ -179,7 +179,8 @@ class LiveSource(FrameSource):
                 if self._fresh:
                     self.dropped += 1  # the previous frame was never consumed: stale, dropped
                 self._frame, self._fresh = frame, True
-                self._frame_stamp = (time.perf_counter(), time.time())
+                # a capture that knows when the sensor took the frame says so (picamera2)
+                self._frame_stamp = getattr(self._cap, "captured_at", None) or (time.perf_counter(), time.time())
                 self.captured += 1
                 self._lock.notify_all()
 
@@ -209,11 +210,17 @@ class LiveSource(FrameSource):
 
 
 def open_camera(camera: str) -> LiveSource:
-    """Open a camera by index (``0``) or device path (``/dev/video0``).
+    """Open a camera by index (``0``), device path (``/dev/video0``) or ``picam[:N]`` (the Pi's CSI
+    camera through picamera2).
 
     Raises:
         InputError: no such camera, or it delivers no frame.
     """
+    from edgeseg.picam import PicameraCapture, parse_picam
+
+    index = parse_picam(camera)
+    if index is not None:
+        return LiveSource(PicameraCapture(index), f"Pi camera {index}")
     device: int | str = int(camera) if re.fullmatch(r"\d+", camera) else camera
     if isinstance(device, str) and not os.path.exists(device):
         raise InputError(f"camera {camera} does not exist; list cameras with `ls /dev/video*` or pass an index like 0")

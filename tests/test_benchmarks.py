@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from benchmarks.__main__ import app
 from benchmarks.fingerprint import fingerprint, governor_warning, slug
 from benchmarks.measure import summarize
-from benchmarks.report import generate, update_readme
-from conftest import shared
+from benchmarks.report import generate
+from conftest import REPO, shared
 
 runner = CliRunner()
 
@@ -83,18 +83,14 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     report.append_results(record, tmp_path / "results")
     # `python -m train throughput --json` keeps its own schema beside the device files: not a device.
     (tmp_path / "results" / "training-ci-box.jsonl").write_text(json.dumps({"images_per_second": 3.1}) + "\n")
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- benchmarks:start -->\nold\n<!-- benchmarks:end -->\noutro\n")
-    table = generate(tmp_path / "results", readme=readme, reports_dir=tmp_path)
+    table = generate(tmp_path / "results", reports_dir=tmp_path)
     assert "| ci box | tiny_int8.tflite | int8 | 1 |" in table and "tiny: int8 is" in table
     assert f"ceiling {100 * pipe['ratio_ceiling']:.0f}% at {pipe['cpu_ms_per_frame']:.1f} ms CPU/frame" in table
     assert f"({pipe['one_thread_cpu_ms_per_frame']:.1f} on one thread)" in table
     assert "- ci box: " in table and "cores" in table  # the device list under the table
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "ci box" in text
+    assert "ci box" in (tmp_path / "results" / "README.md").read_text()
     chart = cv2.imread(str(tmp_path / "results" / "latency.png"))
     assert chart is not None and chart.shape[0] > 100 and (chart < 250).any()
-    assert not update_readme(readme, table)  # idempotent
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -127,3 +123,37 @@ def test_speedups_pair_each_int8_model_with_its_own_family():
         "b: int8 is 10.0x faster than Keras predict (40.00 vs 400.00 ms p50)",
         "b: int8 is 3.0x faster than TFLite float32 (40.00 vs 120.00 ms p50)",
     ]
+
+
+def test_thermal_state_reads_sysfs_and_reports_absent_fields_as_none(tmp_path):
+    from benchmarks.thermal import read_state, throttling
+
+    # A Pi 5's sysfs layout, written out: one thermal zone at 81.2 °C, the clock at half its maximum.
+    zone = tmp_path / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("81234\n")
+    freq = tmp_path / "devices" / "system" / "cpu" / "cpu0" / "cpufreq"
+    freq.mkdir(parents=True)
+    (freq / "scaling_cur_freq").write_text("1200000\n")
+    (freq / "cpuinfo_max_freq").write_text("2400000\n")
+    state = read_state(tmp_path)
+    assert state["temp_c"] == pytest.approx(81.234) and state["cpu_mhz"] == 1200 and state["cpu_max_mhz"] == 2400
+    assert any("°C" in r for r in throttling(state)) and any("clock 1200 of 2400" in r for r in throttling(state))
+    empty = read_state(tmp_path / "nothing")  # a machine without thermal zones or cpufreq
+    assert empty["temp_c"] is None and empty["cpu_mhz"] is None and throttling(empty) == []
+    here = read_state()  # this machine: numbers where it has them, None (not 0) where not
+    assert all(value is None or value > 0 for key, value in here.items() if key != "throttled")
+
+
+def test_sustained_run_writes_samples_and_a_chart(tmp_path):
+    result = runner.invoke(app, ["--model", str(REPO / "models" / "camvid_lite_int8.tflite"), "--threads", "1",
+                                 "--runs", "5", "--warmup", "1", "--video", str(shared("video", "vtest.avi")),
+                                 "--sustain", "3", "--no-save", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "sustained" in result.stdout and ("no throttling seen" in result.stdout or "THROTTLED" in result.stdout)
+    jsonl = next(tmp_path.glob("sustain-*-camvid_lite_int8.jsonl"))
+    samples = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert 2 <= len(samples) <= 4 and all(s["fps"] > 0 for s in samples)
+    assert all({"t_s", "fps", "temp_c", "cpu_mhz", "throttled", "throttling"} <= set(s) for s in samples)
+    chart = cv2.imread(str(jsonl.with_suffix(".png")))
+    assert chart is not None and chart.shape == (360, 900, 3)

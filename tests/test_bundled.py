@@ -54,7 +54,7 @@ def test_demo_writes_a_playable_video_with_every_frame_and_a_contact_sheet(tmp_p
     frames = 0
     while capture.read()[0]:
         frames += 1
-    assert frames == 250  # bikes.mp4 has 250 frames
-    assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 640 and capture.get(cv2.CAP_PROP_FRAME_HEIGHT) == 272
+    assert frames == 221  # the bundled dashcam clip has 221 frames
+    assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 960 and capture.get(cv2.CAP_PROP_FRAME_HEIGHT) == 540
     sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 960

@@ -9,6 +9,7 @@ CHECK = """
 import sys
 import edgeseg, edgeseg.cli, edgeseg.segmenter, edgeseg.pipeline, edgeseg.overlay, edgeseg.sources
 import edgeseg.metadata, edgeseg.evaluate, edgeseg.dataset, edgeseg.sinks, edgeseg.contact
+import edgeseg.api, edgeseg.serve, edgeseg.events, edgeseg.atomic, edgeseg.picam, edgeseg.bundled, edgeseg.extras
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'))
 print(heavy)
 assert not heavy, heavy

@@ -16,6 +16,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.errors import EdgesegError  # noqa: E402
+from edgeseg.extras import require  # noqa: E402
+
+
+def require_extras() -> None:
+    try:
+        require("training")
+    except EdgesegError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(exc.exit_code) from None
+
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Train segmentation models (run with --config to train; `download` fetches ADE20K).")
 
@@ -43,9 +54,10 @@ def main(
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     init_from: Optional[str] = typer.Option(None, help="Start from this .keras model's weights (fine-tuning)."),
 ) -> None:
+    require_extras()
     if ctx.invoked_subcommand is not None:
         return
-    from train.config import ConfigError, load_config
+    from .config import ConfigError, load_config
 
     try:
         cfg = load_config(config).replace(
@@ -55,7 +67,7 @@ def main(
         )
     except ConfigError as exc:
         fail(str(exc))
-    from train.run import fit  # heavy: imports TensorFlow
+    from .run import fit  # heavy: imports TensorFlow
 
     from edgeseg.errors import EdgesegError, signals_interrupt
 
@@ -115,7 +127,7 @@ def download(
     keep_zip: bool = typer.Option(True, "--keep-zip/--delete-zip", help="Keep the archive after extraction."),
 ) -> None:
     """Download ADE20K (SceneParse150) with resume and SHA-1 check, then extract it safely."""
-    from train.download import ARCHIVES, DownloadError, fetch_dataset
+    from .download import ARCHIVES, DownloadError, fetch_dataset
 
     if name not in ARCHIVES:
         fail(f"unknown archive {name!r}; choose one of {', '.join(ARCHIVES)}")
@@ -140,14 +152,14 @@ def throughput(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line here."),
 ) -> None:
     """Measure training images/s of a network on this machine (printed; see README)."""
-    from train.config import ConfigError, load_config
+    from .config import ConfigError, load_config
 
     try:
         cfg = load_config(config).replace(data_dir=data_dir, architecture=architecture, height=height, width=width,
                                           base_filters=base_filters, batch_size=batch_size)
     except ConfigError as exc:
         fail(str(exc))
-    from train.throughput import append, measure  # heavy: imports TensorFlow
+    from .throughput import append, measure  # heavy: imports TensorFlow
 
     try:
         result = measure(cfg, steps=steps, warmup=warmup)

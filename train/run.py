@@ -16,13 +16,13 @@ from edgeseg import atomic
 from edgeseg.dataset import read_image_rgb
 from edgeseg.evaluate import evaluate
 from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
-from train import data as data_lib
-from train.callbacks import BestCheckpoint, CurvesPlot, PredictionGrid, plot_curves
-from train.config import TrainConfig
-from train.distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
-from train.losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy
-from train.models import build_model, check_input_size, count_flops
-from train.optim import RectifiedAdam
+from . import data as data_lib
+from .callbacks import BestCheckpoint, CurvesPlot, PredictionGrid, plot_curves
+from .config import TrainConfig
+from .distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
+from .losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy
+from .models import build_model, check_input_size, count_flops
+from .optim import RectifiedAdam
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

@@ -18,11 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from train import data as data_lib
-from train.config import TrainConfig
-from train.losses import MaskedCrossEntropy
-from train.models import check_input_size, count_flops
-from train.run import build_from_config, input_spec, make_optimizer
+from . import data as data_lib
+from .config import TrainConfig
+from .losses import MaskedCrossEntropy
+from .models import check_input_size, count_flops
+from .run import build_from_config, input_spec, make_optimizer
 
 
 def measure(config: TrainConfig, steps: int = 10, warmup: int = 3) -> dict:
