@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bundle seed benchmark clean
+.PHONY: setup demo test test-fast bundle seed benchmark pi-check live-page clean
 
 $(BIN)/edgeseg: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,13 @@ benchmark: setup                ## latency of the bundled and (after `make seed`
 	  --model $(SEED)/export/camvid_unet_seed_bn_float16.tflite \
 	  --keras $(SEED)/best.keras) \
 	  --threads 1,2 --video ../shared/data/video/vtest.avi --realtime 30 --keras models/camvid_lite.keras
+
+pi-check: setup                 ## the runtime as an aarch64 process (qemu user mode, Debian arm64 python3.11) vs x86
+	@command -v qemu-aarch64-static >/dev/null || (apt-get update -qq && apt-get install -y -qq qemu-user-static)
+	$(BIN)/python tools/pi_check.py
+
+live-page: setup                ## regenerate docs/live_page.png (headless chromium)
+	bash docs/live_page.sh
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
