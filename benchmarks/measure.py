@@ -12,6 +12,7 @@ import numpy as np
 
 from .roofline import model_ops
 from edgeseg.errors import InputError
+from edgeseg.extras import import_training_objects
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
 
@@ -275,13 +276,3 @@ def bench_realtime(model: Path, threads: int, video: Path, fps: float, seconds: 
             "frames": stats.frames, "dropped": stats.dropped, "fps": stats.fps,
             "inference_p50_ms": stats.inference_p50_ms, "latency_ms": stats.latency_ms,
             "latency_budget_ms": round(budget, 2), "latency_target_met": stats.latency_ms.get("p50", 1e9) <= budget}
-
-
-def import_training_objects() -> None:
-    """Import train's custom Keras objects (loss, metrics, RectifiedAdam) so its checkpoints load:
-    the `train` package in a checkout, `edgeseg.train` in an installed wheel."""
-    import importlib
-
-    parent = (__package__ or "").rpartition(".")[0]
-    for name in ("losses", "optim"):
-        importlib.import_module(f"{parent + '.' if parent else ''}train.{name}")

@@ -16,16 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
-from edgeseg.errors import EdgesegError  # noqa: E402
-from edgeseg.extras import require  # noqa: E402
-
-
-def require_extras() -> None:
-    try:
-        require("convert")
-    except EdgesegError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(exc.exit_code) from None
+from edgeseg.extras import exit_unless_installed  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -74,7 +65,7 @@ def main(
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration image selection."),
 ) -> None:
     """Export float16 / int8 TFLite models with embedded metadata and verify them against Keras."""
-    require_extras()
+    exit_unless_installed("convert")
     from .pipeline import ConvertOptions, run
 
     if edgetpu and fallback != Fallback.none:

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgeseg.extras import import_training_objects
 from edgeseg.labels import LabelSet, builtin_for
 
 
@@ -192,13 +193,3 @@ def labels_for(source: SourceModel, eval_root: Path | None) -> LabelSet:
     if labels.num_classes != source.num_classes:
         labels = builtin_for(source.num_classes)
     return labels
-
-
-def import_training_objects() -> None:
-    """Import train's custom Keras objects (loss, metrics, RectifiedAdam) so its checkpoints load:
-    the `train` package in a checkout, `edgeseg.train` in an installed wheel."""
-    import importlib
-
-    parent = (__package__ or "").rpartition(".")[0]
-    for name in ("losses", "optim"):
-        importlib.import_module(f"{parent + '.' if parent else ''}train.{name}")

@@ -113,7 +113,7 @@ class LiveServer:
         self.stats: dict = {"frames": 0, "dropped": 0, "fps": 0.0, "inference_ms": 0.0, "latency_ms": 0.0,
                             "shares": {}}
         self._inference: list[float] = []
-        self._latency: list[float] = []
+        self._latency: list[float] = []  # the newest 100 frames' capture -> overlay times
         self._last_time: float | None = None
         self.encoded = 0  # JPEGs made (only while someone watches)
         try:
@@ -156,8 +156,10 @@ class LiveServer:
         self._last_time = now
         self._inference = (self._inference + [result.inference_ms])[-100:]
         self._latency = (self._latency + [result.latency_ms])[-100:]
+        p50, p90, p99 = np.percentile(self._latency, [50, 90, 99])
         self.stats.update(frames=result.index + 1, dropped=dropped, shares=result.shares(),
-                          inference_ms=float(np.median(self._inference)), latency_ms=float(np.median(self._latency)))
+                          inference_ms=float(np.median(self._inference)), latency_ms=float(p50),
+                          latency_p50_ms=float(p50), latency_p90_ms=float(p90), latency_p99_ms=float(p99))
         if not self.watching():
             return
         ok, encoded = cv2.imencode(".jpg", result.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])

@@ -101,6 +101,12 @@ def test_the_live_page_in_a_real_browser(served, tmp_path):
     assert abs(sum(shown.values()) - 1) < 0.01
 
 
+def test_stats_json_reports_latency_percentiles(served):
+    stats = json.loads(get(served + "stats.json")[1])
+    assert 0 < stats["latency_p50_ms"] <= stats["latency_p90_ms"] <= stats["latency_p99_ms"]
+    assert stats["frames"] > 0 and stats["fps"] > 0 and set(stats["palette"]) >= set(stats["shares"])
+
+
 def test_snapshot_and_stream_serve_real_jpegs(served):
     status, body = get(served + "snapshot.jpg")
     assert status == 200

@@ -37,3 +37,15 @@ def test_the_wheel_holds_only_edgeseg_and_demos_by_itself(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     assert (work / "benchmark-results" / "README.md").is_file()  # results next to the user, not in site-packages
     assert not list(site.rglob("results"))
+
+
+def test_a_tool_without_its_extra_names_what_to_install():
+    import pytest
+
+    from edgeseg.extras import MissingExtra, require
+
+    require("training")  # everything is installed here
+    with pytest.raises(MissingExtra) as info:
+        require("training", {"yaml": "pyyaml", "no_such_module_for_edgeseg": "tensorflow"})
+    message = str(info.value)
+    assert "tensorflow" in message and "pyyaml" not in message and "pip install 'edgeseg[train]'" in message

@@ -16,16 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
-from edgeseg.errors import EdgesegError  # noqa: E402
-from edgeseg.extras import require  # noqa: E402
-
-
-def require_extras() -> None:
-    try:
-        require("training")
-    except EdgesegError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(exc.exit_code) from None
+from edgeseg.extras import exit_unless_installed  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Train segmentation models (run with --config to train; `download` fetches ADE20K).")
@@ -54,7 +45,7 @@ def main(
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     init_from: Optional[str] = typer.Option(None, help="Start from this .keras model's weights (fine-tuning)."),
 ) -> None:
-    require_extras()
+    exit_unless_installed("training")
     if ctx.invoked_subcommand is not None:
         return
     from .config import ConfigError, load_config
