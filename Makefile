@@ -22,13 +22,16 @@ test: setup                     ## the whole suite (slow cases included), as CI 
 test-fast: setup                ## skip the slow cases
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bundle: setup                   ## retrain and re-export the bundled model (two stages, about 2 h on 2 cores)
+bundle: setup                   ## retrain and re-export the bundled model (three stages, about 2 h on 2 cores)
 	$(BIN)/python -m train --config configs/camvid_lite.yaml
 	$(BIN)/python -m train --config configs/camvid_lite_stage2.yaml
-	$(BIN)/python -m convert --model runs/camvid_lite_stage2/best.keras --quantize all --name camvid_lite \
+	$(BIN)/python -m train --config configs/camvid_lite_stage3.yaml
+	$(BIN)/python -m convert --model runs/camvid_lite_stage3/best.keras --quantize all --name camvid_lite \
 	  --calib-data ../shared/data/camvid --calib-split training \
 	  --eval-data ../shared/data/camvid --eval-split validation --out-dir models
-	cp runs/camvid_lite_stage2/best.keras models/camvid_lite.keras
+	cp runs/camvid_lite_stage3/best.keras models/camvid_lite.keras
+	mv models/camvid_lite_int8.tflite edgeseg/assets/camvid_lite_int8.tflite   # shipped in the wheel
+	ln -sf ../edgeseg/assets/camvid_lite_int8.tflite models/camvid_lite_int8.tflite
 
 seed: setup                     ## train + convert the seed-size U-Net (tutorial architecture, half width, BatchNorm), not committed
 	$(BIN)/python -m train --config configs/camvid_unet_seed_bn.yaml

@@ -39,9 +39,8 @@ def separate_reader() -> bool:
     """Whether video files get a reader thread of their own, apart from the drawer.
 
     With 2 cores, one runs inference and one does all host work, and a third busy thread only makes
-    the two preempt each other. On the 2-core VM, 8 interleaved A/B runs with one host thread gave
-    a median of +8 % end-to-end FPS and 3 % less CPU per frame; single runs there vary by more than
-    that. With more cores, decoding and drawing each get a thread.
+    the two preempt each other (docs/performance.md). With more cores, decoding and drawing each get
+    a thread.
     """
     return (os.cpu_count() or 1) > 2
 
@@ -196,8 +195,7 @@ def run(
         KeyboardInterrupt: a file run was interrupted.
     """
     # Host stages already run on their own threads beside the interpreter's; OpenCV's internal
-    # thread pool on top of that oversubscribes small CPUs (measured on 2 cores: +3 to +21 % end-to-end
-    # FPS with it off, in four A/B runs). Restored afterwards: the setting is process-wide.
+    # thread pool on top of that oversubscribes small CPUs. Restored afterwards: it is process-wide.
     previous_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -206,228 +204,293 @@ def run(
         cv2.setNumThreads(previous_threads)
 
 
-def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, sink: VideoSink | None,
-         show: Callable[[np.ndarray], bool] | None, progress: bool,
-         on_frame: Callable[[FrameResult], None] | None) -> RunStats:
-    smoother = TemporalSmoother(segmenter, options.smooth)
-    separate_reader_now = not source.live and separate_reader()
-    labels, palette = segmenter.labels, segmenter.palette_bgr
-    inference_ms: deque[float] = deque(maxlen=STATS_WINDOW)
-    latency_ms: deque[float] = deque(maxlen=STATS_WINDOW)
-    drawn_count = {"n": 0}
-    changed: deque[float] = deque(maxlen=STATS_WINDOW)
-    # Frames in flight (read and not yet drawn) each hold one of QUEUE_FRAMES slots, which bounds
-    # both queues: no put ever blocks, and shutting down needs no draining. SimpleQueue is in C
-    # (queue.Queue and threading.Semaphore run Python code on every call); `slots` holds tokens.
-    slots: "queue.SimpleQueue" = queue.SimpleQueue()
-    for _ in range(QUEUE_FRAMES):
-        slots.put(None)
-    drawn: "queue.SimpleQueue" = queue.SimpleQueue()
-    frames_in: "queue.SimpleQueue" = queue.SimpleQueue()
-    errors: list[BaseException] = []
-    latest = {"image": None}
-    stop = threading.Event()
-    fps_clock = {"t": time.perf_counter(), "fps": 0.0}
-    previous: dict[str, np.ndarray | None] = {"map": None}
-    # Per-frame ms of each host stage (live sources decode on their own capture thread and
-    # prepare on the inference thread).
-    stage_ms = {name: deque(maxlen=STATS_WINDOW) for name in ("decode", "prepare", "argmax", "draw", "encode")}
-    clock = time.perf_counter
-    # The argmax may run on either side of the inference queue. Each frame it goes to the inference
-    # thread when that thread's own work (prepare for live sources, invoke) took less than the host
-    # thread's work without it (decode, prepare, draw, encode): then the slower side gets lighter.
-    # A stateful smoother must see frames in order, so with smoothing it stays on the host thread.
-    busy = {"inference": 0.0, "host": 0.0}  # moving averages, ms per frame
-    last_draw_ms = {"host": 0.0}  # the host's latest draw + encode, without the argmax
-    balance = not options.smooth and not separate_reader_now
+class _Timings:
+    """Per-frame measurements of one run, in bounded windows (a camera left running for days must
+    not grow memory); `to_stats` turns them into RunStats."""
 
-    def average(side: str, ms: float) -> None:
-        busy[side] = ms if not busy[side] else 0.9 * busy[side] + 0.1 * ms
+    STAGES = ("decode", "prepare", "argmax", "draw", "encode")
 
-    def argmax(raw: np.ndarray) -> np.ndarray:
-        t0 = clock()
-        class_map = smoother(raw)
-        stage_ms["argmax"].append((clock() - t0) * 1000)
+    def __init__(self) -> None:
+        self.inference: deque[float] = deque(maxlen=STATS_WINDOW)
+        self.latency: deque[float] = deque(maxlen=STATS_WINDOW)
+        self.changed: deque[float] = deque(maxlen=STATS_WINDOW)  # share of pixels whose class changed
+        # Live sources decode on their own capture thread and prepare on the inference thread.
+        self.stage_ms = {name: deque(maxlen=STATS_WINDOW) for name in self.STAGES}
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+    def stage(self, name: str, ms: float) -> None:
+        self.stage_ms[name].append(ms)
+
+    def to_stats(self, frames: int, dropped: int, truncated: bool, argmax_moved: int, stopped_by: str) -> RunStats:
+        seconds, cpu_seconds = time.perf_counter() - self.started, time.process_time() - self.cpu_started
+        times = np.asarray(self.inference) if self.inference else np.zeros(1)
+        return RunStats(
+            frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
+            inference_p50_ms=float(np.percentile(times, 50)), inference_p90_ms=float(np.percentile(times, 90)),
+            inference_fps=1000.0 / float(times.mean()) if times.mean() > 0 else 0.0,
+            flicker=float(np.mean(self.changed)) if self.changed else 0.0, truncated=truncated,
+            stage_ms={name: float(np.median(values)) for name, values in self.stage_ms.items() if values},
+            argmax_on_inference_thread=argmax_moved,
+            cpu_ms_per_frame=1000.0 * cpu_seconds / frames if frames else 0.0, stopped_by=stopped_by,
+            latency_ms=percentiles(self.latency),
+        )
+
+
+class _Balancer:
+    """Where each frame's argmax runs. It may run on either side of the inference queue: on the
+    inference thread when that thread's own work (prepare for live sources, invoke) took less than
+    the host thread's work without it (decode, prepare, draw, encode), so the slower side gets
+    lighter. A stateful smoother must see frames in order, so with smoothing it stays on the host."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.busy = {"inference": 0.0, "host": 0.0}  # moving averages, ms per frame
+        self.last_draw_ms = 0.0  # the host's latest draw + encode, without the argmax
+        self.moved = 0
+
+    def average(self, side: str, ms: float) -> None:
+        self.busy[side] = ms if not self.busy[side] else 0.9 * self.busy[side] + 0.1 * ms
+
+    def argmax_on_inference_thread(self) -> bool:
+        take = self.enabled and 0 < self.busy["inference"] < self.busy["host"]
+        self.moved += take
+        return take
+
+
+class _Host:
+    """The host side of a run: reads ahead (decode + prepare) and draws each result (argmax,
+    overlay, sink, on_frame), on one thread (2 cores) or two (`separate`).
+
+    Frames in flight (read and not yet drawn) each hold one of QUEUE_FRAMES slots, which bounds both
+    queues: no put ever blocks, and shutting down needs no draining. The queues are C SimpleQueues
+    (queue.Queue and threading.Semaphore run Python code on every call); `slots` holds tokens.
+    """
+
+    def __init__(self, source: FrameSource, segmenter: Segmenter, options: PipelineOptions, sink: VideoSink | None,
+                 on_frame: Callable[[FrameResult], None] | None, timings: _Timings, balancer: _Balancer,
+                 separate: bool) -> None:
+        self.source, self.segmenter, self.options, self.sink = source, segmenter, options, sink
+        self.on_frame, self.timings, self.balancer = on_frame, timings, balancer
+        self.smoother = TemporalSmoother(segmenter, options.smooth)
+        self.slots: "queue.SimpleQueue" = queue.SimpleQueue()
+        for _ in range(QUEUE_FRAMES):
+            self.slots.put(None)
+        self.results: "queue.SimpleQueue" = queue.SimpleQueue()  # inferred, waiting to be drawn
+        self.frames_in: "queue.SimpleQueue" = queue.SimpleQueue()  # read and prepared, waiting for inference
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.latest: np.ndarray | None = None  # the newest overlay (the window shows it)
+        self.drawn = 0
+        self.inferred = 0
+        self._previous: np.ndarray | None = None
+        self._fps = (time.perf_counter(), 0.0)
+        loops = [self._read_loop, self._draw_loop] if separate else [self._host_loop]
+        self.threads = [threading.Thread(target=loop, name=loop.__name__.strip("_"), daemon=True) for loop in loops]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def shutdown(self) -> None:
+        """Stop and join the host threads before the caller releases the source or the sink
+        (releasing a capture while a thread is inside read() crashes the decoder). They draw every
+        frame already inferred first, so the output holds each frame that went through the model."""
+        self.stop.set()
+        self.results.put(_END)
+        for thread in self.threads:
+            thread.join()
+
+    def argmax(self, raw: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        class_map = self.smoother(raw)
+        self.timings.stage("argmax", (time.perf_counter() - t0) * 1000)
         return class_map
 
-    def read_one() -> bool:
-        t0 = clock()
-        frame = source.read()
+    def read_one(self) -> bool:
+        """Decode and prepare the next frame into `frames_in`; False at the end of the source."""
+        t0 = time.perf_counter()
+        frame = self.source.read()
         if frame is None:
             return False
-        t1 = clock()
+        t1 = time.perf_counter()
         stamp = (t1, time.time())
-        tensor = segmenter.prepare(frame)
-        t2 = clock()
-        stage_ms["decode"].append((t1 - t0) * 1000)
-        stage_ms["prepare"].append((t2 - t1) * 1000)
-        frames_in.put((frame, tensor, stamp))
-        average("host", (t2 - t0) * 1000 + last_draw_ms["host"])
+        tensor = self.segmenter.prepare(frame)
+        t2 = time.perf_counter()
+        self.timings.stage("decode", (t1 - t0) * 1000)
+        self.timings.stage("prepare", (t2 - t1) * 1000)
+        self.frames_in.put((frame, tensor, stamp))
+        self.balancer.average("host", (t2 - t0) * 1000 + self.balancer.last_draw_ms)
         return True
 
-    def draw_one(item: tuple) -> None:
+    def draw_one(self, item: tuple) -> None:
+        """Argmax (unless the inference thread did it), overlay, sink, on_frame."""
         frame, raw, class_map, infer_ms, stamp = item
         if class_map is None:
-            class_map = argmax(raw)
-        t0 = clock()
-        if previous["map"] is not None:
-            changed.append(float(np.count_nonzero(class_map != previous["map"])) / class_map.size)
-        previous["map"] = class_map
-        now = time.perf_counter()
-        dt, fps_clock["t"] = now - fps_clock["t"], now
-        fps_clock["fps"] = 0.9 * fps_clock["fps"] + 0.1 * (1.0 / dt if dt > 0 else 0.0)
-        hud = [f"{fps_clock['fps']:.1f} FPS", f"inference {infer_ms:.1f} ms"] if options.hud else None
-        image = render(frame, class_map, labels, palette, options.alpha, options.legend, hud)
-        t1 = clock()
-        stage_ms["draw"].append((t1 - t0) * 1000)
-        t2 = t1
-        if sink is not None:
-            sink.write(image)
-            t2 = clock()
-            stage_ms["encode"].append((t2 - t1) * 1000)
-        last_draw_ms["host"] = (t2 - t0) * 1000
-        if source.live:
-            average("host", last_draw_ms["host"])
-        latency = (clock() - stamp[0]) * 1000
-        latency_ms.append(latency)
-        latest["image"] = image
-        if on_frame is not None:
-            on_frame(FrameResult(drawn_count["n"], stamp[1], latency, infer_ms, class_map, image, labels, frame))
-        drawn_count["n"] += 1
+            class_map = self.argmax(raw)
+        t0 = time.perf_counter()
+        if self._previous is not None:
+            self.timings.changed.append(float(np.count_nonzero(class_map != self._previous)) / class_map.size)
+        self._previous = class_map
+        last, fps = self._fps
+        dt = t0 - last
+        self._fps = (t0, 0.9 * fps + 0.1 * (1.0 / dt if dt > 0 else 0.0))
+        hud = [f"{self._fps[1]:.1f} FPS", f"inference {infer_ms:.1f} ms"] if self.options.hud else None
+        image = render(frame, class_map, self.segmenter.labels, self.segmenter.palette_bgr, self.options.alpha,
+                       self.options.legend, hud)
+        t1 = t2 = time.perf_counter()
+        self.timings.stage("draw", (t1 - t0) * 1000)
+        if self.sink is not None:
+            self.sink.write(image)
+            t2 = time.perf_counter()
+            self.timings.stage("encode", (t2 - t1) * 1000)
+        self.balancer.last_draw_ms = (t2 - t0) * 1000
+        if self.source.live:
+            self.balancer.average("host", self.balancer.last_draw_ms)
+        latency = (time.perf_counter() - stamp[0]) * 1000
+        self.timings.latency.append(latency)
+        self.latest = image
+        if self.on_frame is not None:
+            self.on_frame(FrameResult(self.drawn, stamp[1], latency, infer_ms, class_map, image,
+                                      self.segmenter.labels, frame))
+        self.drawn += 1
 
-    def draw_loop() -> None:
+    def _fail(self, exc: BaseException) -> None:
+        self.errors.append(exc)  # re-raised in the caller's thread
+        self.stop.set()
+
+    def _draw_loop(self) -> None:
         """The drawer of a separate reader: draws each result as it comes back."""
         try:
-            while (item := drawn.get()) is not _END:
-                draw_one(item)
-                slots.put(None)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(exc)
-            stop.set()
+            while (item := self.results.get()) is not _END:
+                self.draw_one(item)
+                self.slots.put(None)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
 
-    def read_loop() -> None:
+    def _read_loop(self) -> None:
         """A separate reader (devices with cores to spare): decodes and prepares ahead."""
         try:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 try:
-                    slots.get(timeout=0.05)
+                    self.slots.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                if not read_one():
+                if not self.read_one():
                     return
         except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-            stop.set()
+            self._fail(exc)
         finally:
-            frames_in.put(_END)  # unblock the inference thread waiting for a frame
+            self.frames_in.put(_END)  # unblock the inference thread waiting for a frame
 
-    def host_loop() -> None:
+    def _host_loop(self) -> None:
         """Reader and drawer on one thread (2-core devices): decodes and prepares ahead while a
         frame slot is free, and draws each result as it comes back."""
-        reading = not source.live
+        reading = not self.source.live
         try:
             while True:
-                if reading and not stop.is_set() and _take(slots):
-                    if not read_one():
+                if reading and not self.stop.is_set() and _take(self.slots):
+                    if not self.read_one():
                         reading = False
-                        frames_in.put(_END)
+                        self.frames_in.put(_END)
                     try:  # draw a finished frame if there is one, without waiting for it
-                        item = drawn.get_nowait()
+                        item = self.results.get_nowait()
                     except queue.Empty:
                         continue
                 else:
-                    item = drawn.get()
+                    item = self.results.get()
                 if item is _END:
                     return
-                draw_one(item)
-                slots.put(None)
+                self.draw_one(item)
+                self.slots.put(None)
         except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-            stop.set()
+            self._fail(exc)
         finally:
             if reading:
-                frames_in.put(_END)
+                self.frames_in.put(_END)
 
-    if separate_reader_now:
-        threads = [threading.Thread(target=read_loop, name="read", daemon=True),
-                   threading.Thread(target=draw_loop, name="draw", daemon=True)]
-    else:
-        threads = [threading.Thread(target=host_loop, name="host", daemon=True)]
-    for thread in threads:
-        thread.start()
 
+def _infer_loop(host: _Host, show: Callable[[np.ndarray], bool] | None, bar: tqdm) -> None:
+    """The caller's thread: take each prepared frame (live sources: read and prepare it here),
+    invoke, hand the result to the host side, refresh the window; counts `host.inferred`."""
+    source, segmenter, options, timings = host.source, host.segmenter, host.options, host.timings
+    while not host.stop.is_set():
+        prepare_ms = 0.0
+        if source.live:
+            frame = source.read()
+            if frame is None:
+                break
+            stamp = source.stamp()
+            t0 = time.perf_counter()
+            tensor = segmenter.prepare(frame)
+            prepare_ms = (time.perf_counter() - t0) * 1000
+            timings.stage("prepare", prepare_ms)
+        else:
+            item = host.frames_in.get()
+            if item is _END:
+                break
+            frame, tensor, stamp = item
+        t0 = time.perf_counter()
+        raw = segmenter.invoke(tensor)
+        timings.inference.append(segmenter.last_inference_ms)
+        class_map = host.argmax(raw) if host.balancer.argmax_on_inference_thread() else None
+        host.balancer.average("inference", prepare_ms + (time.perf_counter() - t0) * 1000)
+        host.results.put((frame, raw, class_map, segmenter.last_inference_ms, stamp))
+        host.inferred += 1
+        bar.update(1)
+        if show is not None and host.latest is not None and not show(host.latest):
+            break
+        if options.max_frames and host.inferred >= options.max_frames:
+            break
+        if options.duration and time.perf_counter() - timings.started >= options.duration:
+            break
+
+
+def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, sink: VideoSink | None,
+         show: Callable[[np.ndarray], bool] | None, progress: bool,
+         on_frame: Callable[[FrameResult], None] | None) -> RunStats:
+    separate = not source.live and separate_reader()
+    timings = _Timings()
+    balancer = _Balancer(enabled=not options.smooth and not separate)
+    host = _Host(source, segmenter, options, sink, on_frame, timings, balancer, separate)
+    host.start()
     total = source.frame_count if not source.live else None
     if options.max_frames and total:
         total = min(total, options.max_frames)
     bar = tqdm(total=total, unit="frame", desc="segment", disable=not progress or total is None, leave=False)
-    frames = moved = 0
     stopped_by = ""
-    started, cpu_started = time.perf_counter(), time.process_time()
     try:
-        while not stop.is_set():
-            prepare_ms = 0.0
-            if source.live:
-                frame = source.read()
-                if frame is None:
-                    break
-                stamp = source.stamp()
-                t0 = clock()
-                tensor = segmenter.prepare(frame)
-                prepare_ms = (clock() - t0) * 1000
-                stage_ms["prepare"].append(prepare_ms)
-            else:
-                item = frames_in.get()
-                if item is _END:
-                    break
-                frame, tensor, stamp = item
-            t0 = clock()
-            raw = segmenter.invoke(tensor)
-            inference_ms.append(segmenter.last_inference_ms)
-            class_map = None
-            if balance and 0 < busy["inference"] < busy["host"]:
-                class_map = argmax(raw)
-                moved += 1
-            average("inference", prepare_ms + (clock() - t0) * 1000)
-            drawn.put((frame, raw, class_map, segmenter.last_inference_ms, stamp))
-            frames += 1
-            bar.update(1)
-            if show is not None and latest["image"] is not None and not show(latest["image"]):
-                break
-            if options.max_frames and frames >= options.max_frames:
-                break
-            if options.duration and time.perf_counter() - started >= options.duration:
-                break
+        _infer_loop(host, show, bar)
     except KeyboardInterrupt as exc:
         if not source.live:
-            _shutdown(stop, drawn, threads)
-            if sink is not None:
-                sink.abort()
+            _abort(host, sink)
             raise
         stopped_by = getattr(exc, "signal_name", "SIGINT")
     except BaseException:
-        _shutdown(stop, drawn, threads)
-        if sink is not None:
-            sink.abort()
+        _abort(host, sink)
         raise
     finally:
         bar.close()
-    _shutdown(stop, drawn, threads)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    if errors:
+    host.shutdown()
+    if host.errors:
         if sink is not None:
             sink.abort()
-        error = errors[0]
+        error = host.errors[0]
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
-    stats = _stats(frames, source.dropped, seconds, inference_ms, changed, truncated_at is not None, stage_ms, moved,
-                   cpu_seconds, stopped_by, latency_ms)
+    stats = timings.to_stats(host.inferred, source.dropped, truncated_at is not None, balancer.moved, stopped_by)
     if sink is not None:
         sink.finish()
     if truncated_at is not None:
         where = f"; {sink.frames} frames saved to {sink.path}" if sink is not None else ""
         raise StreamError(f"{source.name} ended early after {truncated_at} frames (truncated file or lost"
-                          f" stream){where}; check the source", frames_done=frames)
+                          f" stream){where}; check the source", frames_done=host.inferred)
     return stats
+
+
+def _abort(host: _Host, sink: VideoSink | None) -> None:
+    host.shutdown()
+    if sink is not None:
+        sink.abort()
 
 
 def _take(tokens: "queue.SimpleQueue") -> bool:
@@ -437,32 +500,6 @@ def _take(tokens: "queue.SimpleQueue") -> bool:
     except queue.Empty:
         return False
     return True
-
-
-def _shutdown(stop: threading.Event, drawn: "queue.SimpleQueue", threads: list[threading.Thread]) -> None:
-    """Stop and join the host threads before the caller releases the source or the sink
-    (releasing a capture while a thread is inside read() crashes the decoder). They draw every
-    frame already inferred first, so the output holds each frame that went through the model."""
-    stop.set()
-    drawn.put(_END)
-    for thread in threads:
-        thread.join()
-
-
-def _stats(frames: int, dropped: int, seconds: float, inference_ms: Sequence[float], changed: Sequence[float],
-           truncated: bool, stage_ms: dict[str, Sequence[float]], argmax_moved: int,
-           cpu_seconds: float, stopped_by: str = "", latency_ms: Sequence[float] = ()) -> RunStats:
-    times = np.asarray(inference_ms) if inference_ms else np.zeros(1)
-    return RunStats(
-        frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
-        inference_p50_ms=float(np.percentile(times, 50)), inference_p90_ms=float(np.percentile(times, 90)),
-        inference_fps=1000.0 / float(times.mean()) if times.mean() > 0 else 0.0,
-        flicker=float(np.mean(changed)) if changed else 0.0, truncated=truncated,
-        stage_ms={name: float(np.median(values)) for name, values in stage_ms.items() if values},
-        argmax_on_inference_thread=argmax_moved,
-        cpu_ms_per_frame=1000.0 * cpu_seconds / frames if frames else 0.0, stopped_by=stopped_by,
-        latency_ms=percentiles(latency_ms),
-    )
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:

@@ -111,7 +111,7 @@ class LiveServer:
         self._viewers = 0
         self._started = time.monotonic()
         self.stats: dict = {"frames": 0, "dropped": 0, "fps": 0.0, "inference_ms": 0.0, "latency_ms": 0.0,
-                            "shares": {}}
+                            "latency_p50_ms": None, "latency_p90_ms": None, "latency_p99_ms": None, "shares": {}}
         self._inference: list[float] = []
         self._latency: list[float] = []  # the newest 100 frames' capture -> overlay times
         self._last_time: float | None = None

@@ -22,9 +22,8 @@ from edgeseg.errors import InputError
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 DEFAULT_FPS = 25.0  # assumed when a source does not report its frame rate
 # FFmpeg decodes a file on this many threads. One, because the pipeline already decodes on its own
-# reader thread beside inference: FFmpeg's frame threading on top costs CPU that inference needs
-# (vtest.avi, H.264 480x360, 2 cores: 0.45 ms CPU per frame on one thread, 0.74 ms with FFmpeg's
-# default two, same wall time). Raise it with --decode-threads for large videos on many cores.
+# reader thread beside inference: FFmpeg's frame threading on top costs CPU that inference needs.
+# Raise it with --decode-threads for large videos on many cores.
 DECODE_THREADS = 1
 # A camera or stream that delivers nothing for this long has failed: at open, for the first
 # frame, and between frames (OpenCV's own default for network streams is 30 s).
