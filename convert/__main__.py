@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import typer  # noqa: E402
 
 from edgeseg.extras import exit_unless_installed  # noqa: E402
+from edgeseg.quiet import native_output_hidden  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -66,7 +67,8 @@ def main(
 ) -> None:
     """Export float16 / int8 TFLite models with embedded metadata and verify them against Keras."""
     exit_unless_installed("convert")
-    from .pipeline import ConvertOptions, run
+    with native_output_hidden():  # TensorFlow's start-up log lines
+        from .pipeline import ConvertOptions, run
 
     if edgetpu and fallback != Fallback.none:
         fail(f"--fallback {fallback.value} makes a model with float or 16-bit ops, which the Edge TPU cannot run;"

@@ -47,7 +47,7 @@ def calibration_images(root: Path, split: str, count: int, seed: int, exclude: s
 def representative_dataset(paths: list[str], spec: InputSpec, progress: bool = True,
                            transform=None) -> Iterator[list[np.ndarray]]:
     """Generator for ``TFLiteConverter.representative_dataset`` (one image per step)."""
-    for path in tqdm(paths, desc="calibrate", unit="img", disable=not progress, leave=False):
+    for path in tqdm(paths, desc="calibrate", unit="img", disable=None if progress else True, leave=False):
         try:
             image = read_image_rgb(path)
         except DatasetError as exc:

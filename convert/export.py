@@ -6,11 +6,14 @@ import contextlib
 import io
 import shutil
 import subprocess
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
+
+from edgeseg.quiet import native_output_hidden
 
 from .source import ConvertError, SourceModel
 
@@ -71,7 +74,10 @@ def convert(source: SourceModel, mode_name: str, io_type: str = "int8", represen
     mode = MODES[mode_name]
     converter = make_converter(source, mode, io_type, representative, argmax, edgetpu)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every traced tensor spec
+        # Keras prints every traced tensor spec; the converter's C++ prints "fully_quantize" and
+        # "Statistics for quantized inputs" warnings on success
+        with contextlib.redirect_stdout(io.StringIO()), native_output_hidden(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             if mode.float_head:
                 return _convert_float_head(converter, representative)
             return converter.convert()

@@ -66,7 +66,7 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
     on_grid = segmenter.info.output_kind == "scores" and output.quantized
     grid_kept = grid_close = 0
     for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=f"verify {name or model_path.name}",
-                                      unit="img", leave=False):
+                                      unit="img", leave=False, disable=None):
         image = read_image_rgb(image_path)
         truth = read_mask(mask_path, n)
         logits = source.predict(preprocess(image, spec)[np.newaxis])[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeseg.errors import BackendError, ModelError
+from edgeseg.quiet import native_output_hidden
 
 # Module paths tried in order; each must provide Interpreter and load_delegate.
 INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
@@ -104,10 +105,11 @@ def make_interpreter(model_content: bytes, threads: int | None = None, edgetpu: 
     runtime = runtime or find_runtime()
     delegates = [edgetpu_delegate(runtime)] if edgetpu else None
     try:
-        interpreter = runtime.interpreter_class(
-            model_content=model_content, num_threads=threads, experimental_delegates=delegates
-        )
-        interpreter.allocate_tensors()
+        with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interpreter = runtime.interpreter_class(
+                model_content=model_content, num_threads=threads, experimental_delegates=delegates
+            )
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
         raise ModelError(f"the interpreter could not load the model ({reason}); re-export it with"

@@ -29,6 +29,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Real-time semantic segmentation with TFLite models (no TensorFlow needed).")
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Also show the libraries' own messages"
+                                          " (LiteRT, OpenCV).")) -> None:
+    from edgeseg.quiet import set_verbose
+
+    set_verbose(verbose)
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"

@@ -30,7 +30,7 @@ def evaluate(predict: Predictor, pairs: Pairs, labels: LabelSet, progress: bool 
     """
     matrix = np.zeros((labels.num_classes, labels.num_classes), np.int64)
     for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=desc, unit="img",
-                                      disable=not progress, leave=False):
+                                      disable=None if progress else True, leave=False):
         truth = read_mask(mask_path, labels.num_classes)
         image = read_image_rgb(image_path)
         if truth.shape != image.shape[:2]:

@@ -456,7 +456,9 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
     total = source.frame_count if not source.live else None
     if options.max_frames and total:
         total = min(total, options.max_frames)
-    bar = tqdm(total=total, unit="frame", desc="segment", disable=not progress or total is None, leave=False)
+    # disable=None: tqdm draws only on a terminal (a log file gets no redraws)
+    bar = tqdm(total=total, unit="frame", desc="segment", disable=None if progress and total is not None else True,
+               leave=False)
     stopped_by = ""
     try:
         _infer_loop(host, show, bar)

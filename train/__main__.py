@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import typer  # noqa: E402
 
 from edgeseg.extras import exit_unless_installed  # noqa: E402
+from edgeseg.quiet import native_output_hidden  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Train segmentation models (run with --config to train; `download` fetches ADE20K).")
@@ -58,7 +59,8 @@ def main(
         )
     except ConfigError as exc:
         fail(str(exc))
-    from .run import fit  # heavy: imports TensorFlow
+    with native_output_hidden():  # TensorFlow's start-up log lines
+        from .run import fit  # heavy: imports TensorFlow
 
     from edgeseg.errors import EdgesegError, signals_interrupt
 
@@ -150,7 +152,8 @@ def throughput(
                                           base_filters=base_filters, batch_size=batch_size)
     except ConfigError as exc:
         fail(str(exc))
-    from .throughput import append, measure  # heavy: imports TensorFlow
+    with native_output_hidden():  # TensorFlow's start-up log lines
+        from .throughput import append, measure  # heavy: imports TensorFlow
 
     try:
         result = measure(cfg, steps=steps, warmup=warmup)

@@ -117,7 +117,7 @@ def _fetch(url: str, part: Path, timeout_s: float, progress: bool) -> None:
         total = have + int(length) if length is not None else None
         with open(part, "ab" if have else "wb") as handle, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"),
-            disable=not progress, leave=False,
+            disable=None if progress else True, leave=False,
         ) as bar:
             received = 0
             for chunk in response.iter_content(CHUNK_BYTES):
@@ -149,7 +149,8 @@ def extract(archive: Path, dest: Path, progress: bool = True) -> Path:
                 if member.filename.startswith(("/", "\\")) or (target != dest and dest not in target.parents):
                     raise DownloadError(f"{archive.name} holds an entry that escapes the destination"
                                         f" ({member.filename!r}); refusing to extract - the archive is unsafe")
-            for member in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
+            for member in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False,
+                               disable=None if progress else True):
                 zipped.extract(member, dest)
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{archive} is not a valid zip ({exc}); delete it and download again") from exc

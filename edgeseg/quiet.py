@@ -1,0 +1,49 @@
+"""Keep library chatter (LiteRT's "Created TensorFlow Lite XNNPACK delegate", the TFLite
+converter's C++ prints, OpenCV's backend warnings) off the console unless --verbose is given:
+stdout is for results, stderr for one-line status and errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+VERBOSE_ENV = "EDGESEG_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def set_verbose(on: bool) -> None:
+    """Called by the command lines' --verbose."""
+    os.environ[VERBOSE_ENV] = "1" if on else ""
+    if not on:
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when OpenCV loads
+
+
+@contextlib.contextmanager
+def native_output_hidden() -> Iterator[None]:
+    """Hide what C/C++ code writes to file descriptors 1 and 2 inside the block (Python-level
+    exceptions still propagate; their messages are ours to print). A no-op with --verbose."""
+    if verbose():
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
