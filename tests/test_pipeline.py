@@ -182,11 +182,15 @@ def test_smoothing_reduces_flicker_on_a_real_clip(tiny_tflite):
 
 def test_host_stages_are_timed_per_frame(tiny_tflite, tmp_path):
     seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    before = cv2.getNumThreads()
     cv2.setNumThreads(2)
-    with VideoFileSource(shared("video", "vtest.avi")) as source:
-        sink = VideoSink(tmp_path / "o.mp4", source.fps, (480, 360))
-        stats = run(source, seg, PipelineOptions(max_frames=20), sink=sink, progress=False)
-    assert cv2.getNumThreads() == 2  # the pipeline's single-threaded OpenCV is undone afterwards
+    try:
+        with VideoFileSource(shared("video", "vtest.avi")) as source:
+            sink = VideoSink(tmp_path / "o.mp4", source.fps, (480, 360))
+            stats = run(source, seg, PipelineOptions(max_frames=20), sink=sink, progress=False)
+        assert cv2.getNumThreads() == 2  # the pipeline's single-threaded OpenCV is undone afterwards
+    finally:
+        cv2.setNumThreads(before)  # the setting is process-wide: leave it as the other tests found it
     assert set(stats.stage_ms) == {"decode", "prepare", "argmax", "draw", "encode"}
     assert all(0 < ms < 1000 for ms in stats.stage_ms.values()), stats.stage_ms
     # CPU over all threads: at least the stages timed on the host thread, at most what the cores give

@@ -65,17 +65,32 @@ def test_normalize_table_gives_the_arithmetic_to_the_bit(camvid, street_frames):
 
 
 def test_augmentation_keeps_labels_and_aligns_image_and_mask(camvid):
+    """Flip, zoom-crop and jitter must move image and mask together: the image here is the mask
+    painted in one colour per class, so after augmenting, every class region of the new mask must
+    still hold a single colour (an augment that flips or crops only one of them fails this)."""
+    import cv2
     import tensorflow as tf
 
     from train.data import augment, load_example
 
-    pairs = sorted((camvid / "images" / "training").glob("*.jpg"))[:2]
-    for index, image_path in enumerate(pairs):
+    palette = np.random.default_rng(0).uniform(0, 1, (12, 3)).astype(np.float32)
+    pairs = sorted((camvid / "images" / "training").glob("*.jpg"))[:4]
+    # seeds [5, 9] and [6, 9] do not flip / flip (both zoom); [7, 9] flips, [1, 9] zooms little
+    for seed, image_path in zip((5, 6, 7, 1), pairs):
         mask_path = camvid / "annotations" / "training" / (image_path.stem + ".png")
-        image, mask = load_example(str(image_path), str(mask_path), InputSpec(96, 128), 12)
-        out_image, out_mask = augment(tf.constant(image), tf.constant(mask), 1.6, tf.constant([index, 9], tf.int64))
+        _, mask = load_example(str(image_path), str(mask_path), InputSpec(96, 128), 12)
+        painted = palette[mask]
+        out_image, out_mask = augment(tf.constant(painted), tf.constant(mask), 1.6, tf.constant([seed, 9], tf.int64))
+        out_image, out_mask = out_image.numpy(), out_mask.numpy()
         assert out_image.shape == (96, 128, 3) and out_mask.shape == (96, 128)
-        assert set(np.unique(out_mask.numpy())) <= set(np.unique(mask))
+        assert set(np.unique(out_mask)) <= set(np.unique(mask))
+        checked = 0
+        for label in np.unique(out_mask):
+            inside = cv2.erode((out_mask == label).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            if inside.sum() >= 50:  # away from edges, where bilinear resizing blends neighbours
+                assert out_image[inside].std(axis=0).max() < 0.02, (image_path.name, label)
+                checked += 1
+        assert checked >= 2 and out_image.std() > 0.1
 
 
 def test_dataset_errors_name_the_problem(tmp_path, camvid):

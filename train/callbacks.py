@@ -88,10 +88,10 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, style in (("loss", "-"), ("val_loss", "--")):
         if key in rows[0]:
-            axes[0].plot(epochs, [float(r[key]) for r in rows], style, label=key)
+            axes[0].plot(epochs, [float(r[key]) for r in rows], style, marker="o", markersize=3, label=key)
     for key, style in (("miou", "-"), ("val_miou", "--"), ("val_pixel_accuracy", ":")):
         if key in rows[0]:
-            axes[1].plot(epochs, [float(r[key]) for r in rows], style, label=key)
+            axes[1].plot(epochs, [float(r[key]) for r in rows], style, marker="o", markersize=3, label=key)
     if "stage" in rows[0]:  # runs chained with init_from: mark where each stage starts
         starts = [e for e, prev, row in zip(epochs[1:], rows, rows[1:]) if row["stage"] != prev["stage"]]
         for axis in axes:

@@ -76,6 +76,9 @@ class TrainConfig:
         """
         for item in dataclasses.fields(self):
             _check_field(item.name, getattr(self, item.name), where)
+        if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"{where}: warmup_epochs {self.warmup_epochs} is not shorter than epochs {self.epochs};"
+                              " the learning rate would never leave its warm-up: lower warmup_epochs")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

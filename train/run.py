@@ -205,6 +205,13 @@ def compute_class_weights(config: TrainConfig, train_pairs: data_lib.Pairs, labe
     counts = data_lib.class_frequencies(train_pairs, labels.num_classes)
     weights = data_lib.median_frequency_weights(counts).tolist()
     print("class weights:", ", ".join(f"{n}={w:.2f}" for n, w in zip(labels.names, weights)))
+    absent = [name for name, count in zip(labels.names[1:], counts[1:]) if count == 0]
+    spread = max(weights) / max(min(w for w in weights[1:] if w > 0), 1e-9) if any(weights[1:]) else 0
+    if absent or spread > 100:
+        print(f"warning: class weights from {len(train_pairs)} training images are unreliable"
+              + (f" ({', '.join(absent)} never appear, weight 0)" if absent else "")
+              + (f" (largest / smallest = {spread:.0f})" if spread > 100 else "")
+              + "; train on more images or set class_weighting: none")
     return weights
 
 
