@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import typer  # noqa: E402
 
 from edgeseg.atomic import write_text  # noqa: E402
+from edgeseg.errors import EdgesegError, fail  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Latency per model, thread count and device; `report` regenerates tables and charts.")
@@ -31,10 +32,6 @@ def default_results_dir() -> Path:
         return here
     return Path.cwd() / "benchmark-results"
 
-
-def fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def parse_threads(text: str) -> list[int]:
@@ -76,7 +73,6 @@ def main(
     from . import thermal
     from .fingerprint import slug
     from .roofline import measure_peak
-    from edgeseg.errors import EdgesegError
 
     if not model:
         fail("no model given; pass --model path/to/model.tflite (repeat --model for several)")

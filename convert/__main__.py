@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.errors import EdgesegError, fail  # noqa: E402
 from edgeseg.extras import exit_unless_installed  # noqa: E402
 from edgeseg.quiet import native_output_hidden  # noqa: E402
 
@@ -89,22 +90,16 @@ def main(
         name=name or (model.parent.name if model.stem == "best" else model.stem), min_agreement=min_agreement,
         max_miou_drop=max_miou_drop, fallback=fallback.value, seed=seed,
     )
-    from .source import ConvertError
-    from edgeseg.errors import EdgesegError
 
     try:
         report = run(options)
-    except (ConvertError, EdgesegError) as exc:
-        fail(str(exc))
+    except EdgesegError as exc:  # ConvertError, DatasetError, OutputError, ...
+        fail(str(exc), exc.exit_code)
     if not report["passed"]:
         failed = [r for r in report["models"] if not r["passed"]]
         fail("; ".join(f"{os.path.basename(r['path'])}: {r['reason']}" for r in failed)
              + f" - see {report['report_md']}", code=1)
 
-
-def fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

@@ -66,10 +66,7 @@ def run(options: ConvertOptions) -> dict:
     Raises:
         ConvertError / EdgesegError: bad input, before any .tflite is written.
     """
-    try:
-        check_writable_dir(options.out_dir)
-    except Exception as exc:
-        raise ConvertError(str(exc)) from exc
+    check_writable_dir(options.out_dir)  # OutputError: an EdgesegError like every other
     source = load_source(options.model)
     pairs = list_pairs(options.eval_data, options.eval_split, options.num_eval)
     labels = labels_for(source, options.eval_data)

@@ -12,11 +12,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgeseg.errors import UsageError
 from edgeseg.extras import import_training_objects
 from edgeseg.labels import LabelSet, builtin_for
 
 
-class ConvertError(ValueError):
+class ConvertError(UsageError, ValueError):
     """Bad input to the converter; the message says how to fix it."""
 
 

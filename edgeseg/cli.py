@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ from typing import Optional
 import typer
 
 from edgeseg.bundled import BUNDLED_MODEL, DEMO_CLIP
-from edgeseg.errors import EdgesegError, InputError, signals_interrupt
+from edgeseg.errors import InputError, reports_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time semantic segmentation with TFLite models (no TensorFlow needed).")
@@ -43,25 +42,7 @@ class Device(str, Enum):
     edgetpu = "edgetpu"
 
 
-def _reports_errors(command):
-    """Turn library errors into one line on stderr and a non-zero exit code; no traceback.
-    SIGINT and SIGTERM both interrupt (live recordings are kept: see `pipeline.run`)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            with signals_interrupt():
-                return command(*args, **kwargs)
-        except EdgesegError as exc:
-            _error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt as exc:
-            name = getattr(exc, "signal_name", "SIGINT")
-            _error(f"interrupted by {name}; nothing was kept of this run's output (a video file is only written"
-                   " whole: use --max-frames or --duration for part of one)")
-            raise typer.Exit(143 if name == "SIGTERM" else 130) from None
-
-    return wrapper
+_reports_errors = reports_errors  # every command: one error line, its exit code, no traceback
 
 
 def _error(message: str) -> None:

@@ -18,6 +18,12 @@ class EdgesegError(Exception):
     exit_code: int = 1
 
 
+class UsageError(EdgesegError):
+    """Options, a config file or a cluster description that cannot work as given."""
+
+    exit_code = 2
+
+
 class ModelError(EdgesegError):
     """The model file is missing, unreadable, not TFLite, or has an unsupported signature."""
 
@@ -82,3 +88,32 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One error line on stderr and exit with `code`: the ending every command line shares."""
+    import typer
+
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def reports_errors(command):
+    """Decorator for the commands of all four command lines: an EdgesegError becomes one line and
+    its exit code, SIGINT/SIGTERM become `Interrupted` (live recordings are kept: `pipeline.run`)
+    and end with one line and 130/143; no traceback."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            with signals_interrupt():
+                return command(*args, **kwargs)
+        except EdgesegError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt as exc:
+            name = getattr(exc, "signal_name", "SIGINT")
+            fail(f"interrupted by {name}; nothing was kept of this run's output (a video file is only written"
+                 " whole: use --max-frames or --duration for part of one)", 143 if name == "SIGTERM" else 130)
+
+    return wrapper

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import UsageError
 
 # What each tool imports beyond the edge runtime, and the extra that installs it.
 TRAINING_MODULES = {"tensorflow": "tensorflow", "keras": "keras", "yaml": "pyyaml", "matplotlib": "matplotlib",
                     "requests": "requests"}
 
 
-class MissingExtra(EdgesegError):
-    exit_code = 2
+class MissingExtra(UsageError):
+    """An optional part run without its dependencies."""
 
 
 def require(tool: str, modules: dict[str, str] = TRAINING_MODULES, extra: str = "train") -> None:

@@ -13,8 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.errors import InputError
+
 IGNORE_INDEX = 0
 """Label value that means "not labelled"; never counted in the loss or the metrics."""
+
+
+class LabelsError(InputError, ValueError):
+    """A label set (classes.csv, labels in a model) that is malformed; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class LabelSet:
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.palette):
-            raise ValueError(
+            raise LabelsError(
                 f"label set {self.name!r} has {len(self.names)} names but {len(self.palette)} colours;"
                 " give one colour per class"
             )
@@ -90,7 +96,7 @@ def read_classes_csv(path: Path) -> LabelSet:
         rows = list(csv.DictReader(handle))
     indices = [int(row["index"]) for row in rows]
     if indices != list(range(len(rows))):
-        raise ValueError(f"{path}: class indices must be 0..{len(rows) - 1} in order, got {indices[:5]}...")
+        raise LabelsError(f"{path}: class indices must be 0..{len(rows) - 1} in order, got {indices[:5]}...")
     names = tuple(row["name"] for row in rows)
     if all(key in rows[0] for key in ("r", "g", "b")):
         palette = tuple((int(row["r"]), int(row["g"]), int(row["b"])) for row in rows)

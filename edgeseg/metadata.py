@@ -16,6 +16,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 
+from edgeseg.errors import ModelError
 from edgeseg.labels import LabelSet
 from edgeseg.preprocess import InputSpec
 
@@ -79,7 +80,7 @@ def attach_metadata(model_bytes: bytes, metadata: ModelMetadata) -> bytes:
     return flatbuffer + buffer.getvalue()
 
 
-class MetadataError(ValueError):
+class MetadataError(ModelError, ValueError):
     """The embedded metadata is there but damaged (the model itself may still run)."""
 
 

@@ -16,16 +16,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.errors import EdgesegError, fail  # noqa: E402
 from edgeseg.extras import exit_unless_installed  # noqa: E402
 from edgeseg.quiet import native_output_hidden  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Train segmentation models (run with --config to train; `download` fetches ADE20K).")
 
-
-def fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @app.callback(invoke_without_command=True)
@@ -62,15 +59,15 @@ def main(
     with native_output_hidden():  # TensorFlow's start-up log lines
         from .run import fit  # heavy: imports TensorFlow
 
-    from edgeseg.errors import EdgesegError, signals_interrupt
+    from edgeseg.errors import signals_interrupt
 
     try:
         with signals_interrupt():
             fit(cfg)
-    except ValueError as exc:  # DatasetError, ConfigError and bad settings are ValueErrors
-        fail(str(exc))
-    except EdgesegError as exc:  # e.g. a full disk while saving
+    except EdgesegError as exc:  # ConfigError, DatasetError, ClusterError, a full disk while saving, ...
         fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # settings Keras or TensorFlow refuse
+        fail(str(exc))
     except KeyboardInterrupt as exc:
         name = getattr(exc, "signal_name", "SIGINT")
         fail(f"training stopped by {name} {resume_point(Path(cfg.run_dir))}; run the same command again to resume"

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from edgeseg import atomic
+from edgeseg.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class TrainConfig:
         atomic.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file that cannot be read or names unknown keys."""
 
 

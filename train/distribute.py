@@ -28,12 +28,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgeseg.errors import UsageError
+
 # A lost worker is noticed by a health check that pings every peer; TensorFlow's default interval
 # is 30 s (plus 3 x 10 s retries). Ten seconds bounds the wait of the workers left behind.
 HEALTH_CHECK_INTERVAL_S = 10
 
 
-class ClusterError(ValueError):
+class ClusterError(UsageError, ValueError):
     """TF_CONFIG or the batch size does not describe a runnable cluster; the message says how to fix it."""
 
 

@@ -17,6 +17,7 @@ import requests
 from tqdm import tqdm
 
 from edgeseg.atomic import commit
+from edgeseg.errors import InputError
 
 # Client errors worth a retry: request timeout and rate limiting. Any other 4xx fails at once.
 RETRY_STATUSES = {408, 429}
@@ -41,7 +42,7 @@ ARCHIVES = {
 }
 
 
-class DownloadError(ValueError):
+class DownloadError(InputError, ValueError):
     """A download or extraction that failed; nothing corrupt is left under the final name."""
 
 
