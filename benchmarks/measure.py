@@ -90,9 +90,9 @@ def bench_tflite(model: Path, threads: int, frame: np.ndarray, runs: int, warmup
     started = time.perf_counter()
     seg = Segmenter(SegmenterOptions(model=model, threads=threads))
     init_ms = (time.perf_counter() - started) * 1000
-    interpreter = seg._interpreter  # noqa: SLF001 - timing invoke alone
+    interpreter = seg.interpreter  # timing invoke alone
     tensor = seg.prepare(frame)
-    index = seg._in["index"]  # noqa: SLF001
+    index = seg.input_index
     started = time.perf_counter()
     interpreter.set_tensor(index, tensor)
     interpreter.invoke()

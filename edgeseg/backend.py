@@ -136,6 +136,6 @@ def op_details(interpreter: Any) -> list[dict]:
     """Every op of an interpreter's graph: ``op_name``, ``inputs`` and ``outputs`` tensor indices.
 
     Through the interpreters' private `_get_ops_details`, the only API that lists ops (all three
-    runtimes have it); kept here so no other module reaches into interpreter internals.
+    runtimes have it); this is the one place that calls it.
     """
     return interpreter._get_ops_details()  # noqa: SLF001

@@ -4,7 +4,7 @@ Format: a ZIP archive appended to the TFLite flatbuffer holding ``edgeseg.json``
 ``labels.txt`` for other tools). This is the same trick TFLite's own metadata uses for its
 associated files: interpreters read the flatbuffer from its root table and never look past its
 end, and ``zipfile`` finds an archive from its end-of-central-directory record, so both readers
-see what they need in one file. `tests/test_metadata.py` loads such a model in every
+see what they need in one file. `tests/test_segmenter.py` loads such a model in every
 interpreter that is installed.
 """
 
@@ -31,7 +31,7 @@ class ModelMetadata:
     Attributes:
         labels: class names and palette, index 0 = not labelled.
         input: how frames are prepared (size, normalisation).
-        output: ``"logits"``, ``"probabilities"`` or ``"class_map"`` (ArgMax inside the model).
+        output: ``"logits"`` or ``"class_map"`` (ArgMax inside the model).
         provenance: free-form facts: source model, calibration set, converter version, ...
     """
 

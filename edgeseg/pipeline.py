@@ -1,12 +1,14 @@
 """capture -> infer -> draw -> write, threaded so host work overlaps inference.
 
-The caller's thread only invokes the interpreter. Host work runs beside it: decoding a file's
-frames ahead and preparing the model input (resize, colour order, normalise/quantise), then the
-argmax (or smoothed argmax), the overlay and the encoding of the output. On 2-core devices one host
-thread does all of it; with more cores a reader and a drawer each get a thread (`separate_reader`).
-Live sources have their own newest-frame-only capture thread instead of a reader, so nothing stale
-queues up. At most QUEUE_FRAMES frames are in flight. The window, when shown, is refreshed from the
-caller's thread (GUI toolkits want one thread)."""
+The caller's thread invokes the interpreter (`_infer_loop`); for live sources it also prepares
+each frame, and it takes over the argmax on frames where it is the less busy side (`_Balancer`).
+Host work runs beside it (`_Host`): decoding a file's frames ahead and preparing the model input
+(resize, colour order, normalise/quantise), then the argmax (or smoothed argmax), the overlay, the
+encoding of the output and the `on_frame` consumers. On 2-core devices one host thread does all of
+it; with more cores a reader and a drawer each get a thread (`separate_reader`). Live sources have
+their own newest-frame-only capture thread instead of a reader, so nothing stale queues up. At most
+QUEUE_FRAMES frames are in flight. The window, when shown, is refreshed from the caller's thread
+(GUI toolkits want one thread). docs/architecture.md draws the whole path."""
 
 from __future__ import annotations
 
@@ -118,7 +120,6 @@ class RunStats:
     inference_p90_ms: float
     inference_fps: float
     flicker: float
-    truncated: bool
     stage_ms: dict[str, float] = field(default_factory=dict)
     argmax_on_inference_thread: int = 0  # frames whose argmax the inference thread took over
     cpu_ms_per_frame: float = 0.0  # CPU time of the whole process (every thread) per frame
@@ -221,14 +222,14 @@ class _Timings:
     def stage(self, name: str, ms: float) -> None:
         self.stage_ms[name].append(ms)
 
-    def to_stats(self, frames: int, dropped: int, truncated: bool, argmax_moved: int, stopped_by: str) -> RunStats:
+    def to_stats(self, frames: int, dropped: int, argmax_moved: int, stopped_by: str) -> RunStats:
         seconds, cpu_seconds = time.perf_counter() - self.started, time.process_time() - self.cpu_started
         times = np.asarray(self.inference) if self.inference else np.zeros(1)
         return RunStats(
             frames=frames, dropped=dropped, seconds=seconds, fps=frames / seconds if seconds > 0 else 0.0,
             inference_p50_ms=float(np.percentile(times, 50)), inference_p90_ms=float(np.percentile(times, 90)),
             inference_fps=1000.0 / float(times.mean()) if times.mean() > 0 else 0.0,
-            flicker=float(np.mean(self.changed)) if self.changed else 0.0, truncated=truncated,
+            flicker=float(np.mean(self.changed)) if self.changed else 0.0,
             stage_ms={name: float(np.median(values)) for name, values in self.stage_ms.items() if values},
             argmax_on_inference_thread=argmax_moved,
             cpu_ms_per_frame=1000.0 * cpu_seconds / frames if frames else 0.0, stopped_by=stopped_by,
@@ -479,7 +480,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         error = host.errors[0]
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
-    stats = timings.to_stats(host.inferred, source.dropped, truncated_at is not None, balancer.moved, stopped_by)
+    stats = timings.to_stats(host.inferred, source.dropped, balancer.moved, stopped_by)
     if sink is not None:
         sink.finish()
     if truncated_at is not None:

@@ -1,8 +1,10 @@
-"""The ONE preprocessing path, shared by training, calibration, verification and the runtime.
+"""The one set of preprocessing functions, shared by training, calibration, verification and the runtime.
 
 Training (`train.data`), int8 calibration and verification (`convert`) and the edge runtime
 (`edgeseg.segmenter`) all call these functions, so a model never sees pixels prepared one way
-in training and another way on the device. The input spec travels inside exported models
+in training and another way on the device. (The runtime then feeds the result to the model in the
+input's own type: float32 and float16 as they are, int8 and uint8 quantised by the input's scale
+and zero point; the pixel values are the same.) The input spec travels inside exported models
 (`edgeseg.metadata`), so the runtime reproduces it without side files.
 """
 

@@ -203,6 +203,15 @@ class Segmenter:
             tensor = normalize(pixels, self.spec).astype(self._in_dtype, copy=False)
         return tensor[np.newaxis]
 
+    @property
+    def interpreter(self):
+        """The underlying interpreter (benchmarks time `invoke` on it alone)."""
+        return self._interpreter
+
+    @property
+    def input_index(self) -> int:
+        return int(self._in["index"])
+
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
         """Run the model on a prepared input; returns a copy of its raw output for one frame
         (``(h, w, C)`` scores or ``(h, w)`` classes). Sets `last_inference_ms`."""
