@@ -70,10 +70,39 @@ def main(
     from . import measure
     from .fingerprint import fingerprint, governor_warning
     from .report import append_results, generate
-    from . import thermal
-    from .fingerprint import slug
     from .roofline import measure_peak
 
+    thread_counts = check_options(model, threads, runs, warmup, keras_model, sustain, video)
+    out = results_dir or default_results_dir()
+    try:
+        facts = fingerprint(device_name)
+        warning = governor_warning(facts)
+        if warning:
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+        peaks = measure_peak(max(thread_counts))
+        rows, pipeline = measure_models(model, thread_counts, video, runs, warmup)
+        latency = measure_latency(model, thread_counts[0], video, realtime) if realtime and video else []
+        sustained = measure_sustained(model, thread_counts[0], video, sustain, facts, out) if sustain else []
+        rows += measure_keras(keras_model or [], video, runs, warmup)
+    except EdgesegError as exc:
+        fail(str(exc), exc.exit_code)
+    ratios = measure.speedups(rows)
+    for text in ratios:
+        typer.echo(text)
+    typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()))
+    record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
+              "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios, "latency": latency,
+              "sustained": sustained}
+    if json_out is not None:
+        write_text(json_out, json.dumps(record, indent=1))
+    if save:
+        path = append_results(record, out)
+        generate(out)
+        typer.echo(f"appended to {path}; tables and chart regenerated")
+
+
+def check_options(model, threads: str, runs: int, warmup: int, keras_model, sustain: float, video) -> list[int]:
+    """The thread counts, after every option has been checked (one error line otherwise)."""
     if not model:
         fail("no model given; pass --model path/to/model.tflite (repeat --model for several)")
     try:
@@ -88,78 +117,90 @@ def main(
     for path in keras_model or []:
         if not path.exists():
             fail(f"Keras model {path} does not exist; pass RUN/best.keras or drop --keras")
-    try:
-        frame = measure.real_frame(video)
-        facts = fingerprint(device_name)
-        warning = governor_warning(facts)
-        if warning:
-            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-        peaks = measure_peak(max(thread_counts))
-        rows, pipeline = [], []
-        for path in model:
-            for count in thread_counts:
-                before = thermal.read_state()
-                row = measure.bench_tflite(path, count, frame, runs, warmup)
-                row.update(thermal_before=before, thermal_after=thermal.read_state())
-                rows.append(row)
-                typer.echo(f"{row['model']:<34} x{count}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f},"
-                           f" p99 {row['p99_ms']:.2f}, {row['fps']:.1f} FPS, {row['gops']:.2f} GOP,"
-                           f" {row['achieved_gops_per_s']:.1f} GOP/s")
-            for count in thread_counts if video is not None else ():
-                pipe = measure.bench_pipeline(path, count, video)
-                pipeline.append(pipe)
-                typer.echo(f"{pipe['model']:<34} x{count} pipeline on {pipe['video']}: {pipe['end_to_end_fps']:.1f}"
-                           f" FPS end-to-end vs {pipe['inference_only_fps']:.1f} inference-only and"
-                           f" {pipe['host_only_fps']:.1f} host-only"
-                           f" (ratio {pipe['ratio']:.2f}, ceiling {pipe['ratio_ceiling']:.2f} at"
-                           f" {pipe['cpu_ms_per_frame']:.2f} ms CPU/frame on {pipe['cores']} cores,"
-                           f" {pipe['one_thread_cpu_ms_per_frame']:.2f} on one thread; in-pipeline inference p50"
-                           f" {pipe['in_pipeline_inference_p50_ms']:.2f} ms, host stages p50 ms: "
-                           + ", ".join(f"{k} {v:.2f}" for k, v in pipe["host_stage_p50_ms"].items()) + ")")
-        latency = []
-        for path in model if realtime and video is not None else ():
-            result = measure.bench_realtime(path, thread_counts[0], video, realtime)
-            latency.append(result)
-            lat = result["latency_ms"]
-            typer.echo(f"{result['model']:<34} x{result['threads']} live at {realtime:g} FPS: latency p50"
-                       f" {lat.get('p50', 0):.1f} p90 {lat.get('p90', 0):.1f} p99 {lat.get('p99', 0):.1f} ms"
-                       f" (target p50 <= inference {result['inference_p50_ms']:.1f} + one frame"
-                       f" {1000 / realtime:.1f} = {result['latency_budget_ms']:.1f} ms:"
-                       f" {'met' if result['latency_target_met'] else 'NOT met'}), {result['fps']:.1f} FPS,"
-                       f" {result['dropped']} dropped")
-        sustained = []
-        if sustain and video is None:
-            fail("--sustain needs --video CLIP (the pipeline runs on it, looped)")
-        for path in model if sustain else ():
-            name = f"sustain-{slug(facts['device'])}-{path.stem}"
-            out = results_dir or default_results_dir()
-            result = thermal.sustain(path, video, sustain, thread_counts[0], out / f"{name}.jsonl", out / f"{name}.png")
-            sustained.append(result)
-            flag = (f"THROTTLED in {result['throttled_samples']} of {result['samples']} samples (first at"
-                    f" {result['first_throttled_s']} s)") if result["throttled_samples"] else "no throttling seen"
-            typer.echo(f"{result['model']:<34} sustained {result['seconds']} s: FPS {result['fps_first']} at start,"
-                       f" {result['fps_last']} at the end; {flag}; now {thermal.describe(thermal.read_state())};"
-                       f" {result['jsonl']}, {result['png']}")
-        for path in keras_model or []:
-            for row in measure.bench_keras(path, frame, max(10, runs // 10), min(3, warmup)):
-                rows.append(row)
-                typer.echo(f"{row['model']:<34}: p50 {row['p50_ms']:.2f} ms, {row['fps']:.1f} FPS")
-    except EdgesegError as exc:
-        fail(str(exc))
-    ratios = measure.speedups(rows)
-    for text in ratios:
-        typer.echo(text)
-    typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()))
-    record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
-              "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios, "latency": latency,
-              "sustained": sustained}
-    if json_out is not None:
-        write_text(json_out, json.dumps(record, indent=1))
-    if save:
-        results = results_dir or default_results_dir()
-        path = append_results(record, results)
-        generate(results)
-        typer.echo(f"appended to {path}; tables and chart regenerated")
+    if sustain and video is None:
+        fail("--sustain needs --video CLIP (the pipeline runs on it, looped)")
+    return thread_counts
+
+
+def measure_models(models: list[Path], thread_counts: list[int], video: Path | None, runs: int,
+                   warmup: int) -> tuple[list[dict], list[dict]]:
+    """Invoke latency per model and thread count (with temperature and clock around each), and the
+    whole pipeline on `video`."""
+    from . import measure, thermal
+
+    frame = measure.real_frame(video)
+    rows, pipeline = [], []
+    for path in models:
+        for count in thread_counts:
+            before = thermal.read_state()
+            row = measure.bench_tflite(path, count, frame, runs, warmup)
+            row.update(thermal_before=before, thermal_after=thermal.read_state())
+            rows.append(row)
+            typer.echo(f"{row['model']:<34} x{count}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f},"
+                       f" p99 {row['p99_ms']:.2f}, {row['fps']:.1f} FPS, {row['gops']:.2f} GOP,"
+                       f" {row['achieved_gops_per_s']:.1f} GOP/s")
+        for count in thread_counts if video is not None else ():
+            pipe = measure.bench_pipeline(path, count, video)
+            pipeline.append(pipe)
+            typer.echo(f"{pipe['model']:<34} x{count} pipeline on {pipe['video']}: {pipe['end_to_end_fps']:.1f}"
+                       f" FPS end-to-end vs {pipe['inference_only_fps']:.1f} inference-only and"
+                       f" {pipe['host_only_fps']:.1f} host-only"
+                       f" (ratio {pipe['ratio']:.2f}, ceiling {pipe['ratio_ceiling']:.2f} at"
+                       f" {pipe['cpu_ms_per_frame']:.2f} ms CPU/frame on {pipe['cores']} cores,"
+                       f" {pipe['one_thread_cpu_ms_per_frame']:.2f} on one thread; in-pipeline inference p50"
+                       f" {pipe['in_pipeline_inference_p50_ms']:.2f} ms, host stages p50 ms: "
+                       + ", ".join(f"{k} {v:.2f}" for k, v in pipe["host_stage_p50_ms"].items()) + ")")
+    return rows, pipeline
+
+
+def measure_latency(models: list[Path], threads: int, video: Path, fps: float) -> list[dict]:
+    """Capture-to-overlay latency with `video` delivered like a camera at `fps`."""
+    from . import measure
+
+    results = []
+    for path in models:
+        result = measure.bench_realtime(path, threads, video, fps)
+        results.append(result)
+        lat = result["latency_ms"]
+        typer.echo(f"{result['model']:<34} x{result['threads']} live at {fps:g} FPS: latency p50"
+                   f" {lat.get('p50', 0):.1f} p90 {lat.get('p90', 0):.1f} p99 {lat.get('p99', 0):.1f} ms"
+                   f" (target p50 <= inference {result['inference_p50_ms']:.1f} + one frame"
+                   f" {1000 / fps:.1f} = {result['latency_budget_ms']:.1f} ms:"
+                   f" {'met' if result['latency_target_met'] else 'NOT met'}), {result['fps']:.1f} FPS,"
+                   f" {result['dropped']} dropped")
+    return results
+
+
+def measure_sustained(models: list[Path], threads: int, video: Path, seconds: float, facts: dict,
+                      out: Path) -> list[dict]:
+    """The pipeline under sustained load, FPS / temperature / clock over time (JSONL + PNG in `out`)."""
+    from . import thermal
+    from .fingerprint import slug
+
+    results = []
+    for path in models:
+        name = f"sustain-{slug(facts['device'])}-{path.stem}"
+        result = thermal.sustain(path, video, seconds, threads, out / f"{name}.jsonl", out / f"{name}.png")
+        results.append(result)
+        flag = (f"THROTTLED in {result['throttled_samples']} of {result['samples']} samples (first at"
+                f" {result['first_throttled_s']} s)") if result["throttled_samples"] else "no throttling seen"
+        typer.echo(f"{result['model']:<34} sustained {result['seconds']} s: FPS {result['fps_first']} at start,"
+                   f" {result['fps_last']} at the end; {flag}; now {thermal.describe(thermal.read_state())};"
+                   f" {result['jsonl']}, {result['png']}")
+    return results
+
+
+def measure_keras(keras_models: list[Path], video: Path | None, runs: int, warmup: int) -> list[dict]:
+    """Keras baselines (TensorFlow predict and a direct call) on the same frame."""
+    from . import measure
+
+    rows = []
+    frame = measure.real_frame(video) if keras_models else None
+    for path in keras_models:
+        for row in measure.bench_keras(path, frame, max(10, runs // 10), min(3, warmup)):
+            rows.append(row)
+            typer.echo(f"{row['model']:<34}: p50 {row['p50_ms']:.2f} ms, {row['fps']:.1f} FPS")
+    return rows
 
 
 @app.command()

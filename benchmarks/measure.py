@@ -10,10 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .roofline import model_ops
 from edgeseg.errors import InputError
 from edgeseg.extras import import_training_objects
 from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+from .roofline import model_ops
 
 
 def family(model_name: str) -> str:

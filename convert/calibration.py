@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .source import ConvertError
 from edgeseg.dataset import DatasetError, list_images, read_image_rgb
 from edgeseg.preprocess import InputSpec, preprocess
+
+from .source import ConvertError
 
 
 def calibration_images(root: Path, split: str, count: int, seed: int, exclude: set[str]) -> list[str]:

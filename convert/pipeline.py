@@ -10,16 +10,17 @@ from pathlib import Path
 import tensorflow as tf
 
 import edgeseg
-from . import export
-from .calibration import calibration_images, representative_dataset
-from .report import write_report
-from .source import ConvertError, SourceModel, labels_for, load_source
-from .verify import host_argmax_ms, layer_errors, verify
 from edgeseg import atomic
 from edgeseg.dataset import list_pairs
 from edgeseg.metadata import ModelMetadata, attach_metadata
 from edgeseg.preprocess import InputSpec
 from edgeseg.sinks import check_writable_dir
+
+from . import export
+from .calibration import calibration_images, representative_dataset
+from .report import write_report
+from .source import ConvertError, SourceModel, labels_for, load_source
+from .verify import host_argmax_ms, layer_errors, verify
 
 
 @dataclass(frozen=True)
@@ -60,61 +61,43 @@ def _check(verification: dict, options: ConvertOptions) -> tuple[bool, str]:
     return True, ""
 
 
-def run(options: ConvertOptions) -> dict:
-    """Convert and verify; returns the report (``passed`` False when a model failed its thresholds).
+@dataclass
+class _Job:
+    """One conversion: the source model, the evaluation pairs, labels, input spec, calibration
+    images and provenance every exported model carries."""
 
-    Raises:
-        ConvertError / EdgesegError: bad input, before any .tflite is written.
-    """
-    check_writable_dir(options.out_dir)  # OutputError: an EdgesegError like every other
-    source = load_source(options.model)
-    pairs = list_pairs(options.eval_data, options.eval_split, options.num_eval)
-    labels = labels_for(source, options.eval_data)
-    spec = InputSpec(height=source.height, width=source.width)
-    needs_calibration = any(export.MODES[m].calibrated for m in options.modes)
-    calib_paths: list[str] = []
-    if needs_calibration:
-        if options.calib_data is None:
-            raise ConvertError("int8 needs real calibration images: pass --calib-data DIR (e.g. the training set)")
-        exclude = {str(Path(p).resolve()) for p in pairs.images}
-        calib_paths = calibration_images(options.calib_data, options.calib_split, options.num_calib, options.seed,
-                                         exclude)
+    options: ConvertOptions
+    source: SourceModel
+    pairs: object
+    labels: object
+    spec: InputSpec
+    calib_paths: list[str]
+    provenance: dict
 
-    def representative():
-        return representative_dataset(calib_paths, spec)
+    def representative(self):
+        return representative_dataset(self.calib_paths, self.spec)
 
-    provenance = {
-        "source_model": source.path.name, "source_sha256": source.sha256,
-        "converter": f"tensorflow {tf.__version__}, edgeseg {edgeseg.__version__}",
-        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    report: dict = {
-        "name": options.name,
-        "source": {"path": str(source.path), "sha256": source.sha256, "height": source.height,
-                   "width": source.width, "num_classes": source.num_classes},
-        "calibration": {"folder": str(options.calib_data), "split": options.calib_split, "count": len(calib_paths),
-                        "seed": options.seed} if calib_paths else {},
-        "evaluation": {"folder": str(options.eval_data), "split": options.eval_split, "images": len(pairs)},
-        "thresholds": {"min_agreement": options.min_agreement, "max_miou_drop": options.max_miou_drop},
-        "models": [],
-    }
-
-    def export_one(mode: str, suffix: str) -> dict:
-        data = export.convert(source, mode, options.io_type, representative, options.argmax, options.edgetpu)
-        metadata = ModelMetadata(
-            labels=labels, input=spec, output="class_map" if options.argmax else "logits",
-            provenance={**provenance, "quantization": mode,
-                        "io_type": options.io_type if export.MODES[mode].integer_io else "float32",
-                        **({"calibration": f"{len(calib_paths)} images of {options.calib_data}/{options.calib_split}"
-                            f" (seed {options.seed})"} if export.MODES[mode].calibrated else {})},
+    def metadata(self, mode: str) -> ModelMetadata:
+        options = self.options
+        calibration = ({"calibration": f"{len(self.calib_paths)} images of {options.calib_data}/{options.calib_split}"
+                        f" (seed {options.seed})"} if export.MODES[mode].calibrated else {})
+        return ModelMetadata(
+            labels=self.labels, input=self.spec, output="class_map" if options.argmax else "logits",
+            provenance={**self.provenance, "quantization": mode,
+                        "io_type": options.io_type if export.MODES[mode].integer_io else "float32", **calibration},
         )
+
+    def export_one(self, mode: str, suffix: str) -> dict:
+        """Convert, verify under a temporary name, and only then take the final name: a failed
+        conversion never replaces a deployed model (it lands in *.failed.tflite)."""
+        options = self.options
+        data = export.convert(self.source, mode, options.io_type, self.representative, options.argmax,
+                              options.edgetpu)
         final = options.out_dir / f"{options.name}_{suffix}.tflite"
-        # The candidate is verified under a temporary name; only a model that passes takes the final
-        # name, so a failed conversion never replaces a deployed model (it lands in *.failed.tflite).
         candidate = atomic.temp_path(final)
         try:
-            candidate.write_bytes(attach_metadata(data, metadata))
-            verification = verify(source, candidate, pairs, labels, spec, name=final.name)
+            candidate.write_bytes(attach_metadata(data, self.metadata(mode)))
+            verification = verify(self.source, candidate, self.pairs, self.labels, self.spec, name=final.name)
             passed, reason = _check(verification, options)
             path = final if passed else final.with_name(final.stem + ".failed.tflite")
             atomic.commit(candidate, path)
@@ -122,28 +105,68 @@ def run(options: ConvertOptions) -> dict:
             raise atomic.output_error(final, exc) from exc
         finally:
             candidate.unlink(missing_ok=True)
-        row = {"mode": mode, "path": str(path), "size_bytes": path.stat().st_size, "passed": passed,
-               "reason": reason, "verification": verification}
         print(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, agreement {100 * verification['agreement']:.2f}%,"
               f" mIoU {verification['miou_keras']:.4f} -> {verification['miou_tflite']:.4f}"
               f" ({'pass' if passed else 'FAIL: ' + reason})")
-        return row
+        return {"mode": mode, "path": str(path), "size_bytes": path.stat().st_size, "passed": passed,
+                "reason": reason, "verification": verification}
 
+    def worst_layers(self, mode: str) -> list[dict]:
+        options = self.options
+        return layer_errors(lambda: export.make_converter(self.source, export.MODES[mode], options.io_type,
+                                                          self.representative, False, options.edgetpu),
+                            self.representative)
+
+
+def _prepare(options: ConvertOptions) -> _Job:
+    """Check and load everything before any .tflite is written."""
+    check_writable_dir(options.out_dir)  # OutputError: an EdgesegError like every other
+    source = load_source(options.model)
+    pairs = list_pairs(options.eval_data, options.eval_split, options.num_eval)
+    calib_paths: list[str] = []
+    if any(export.MODES[m].calibrated for m in options.modes):
+        if options.calib_data is None:
+            raise ConvertError("int8 needs real calibration images: pass --calib-data DIR (e.g. the training set)")
+        exclude = {str(Path(p).resolve()) for p in pairs.images}
+        calib_paths = calibration_images(options.calib_data, options.calib_split, options.num_calib, options.seed,
+                                         exclude)
+    provenance = {
+        "source_model": source.path.name, "source_sha256": source.sha256,
+        "converter": f"tensorflow {tf.__version__}, edgeseg {edgeseg.__version__}",
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return _Job(options, source, pairs, labels_for(source, options.eval_data),
+                InputSpec(height=source.height, width=source.width), calib_paths, provenance)
+
+
+def run(options: ConvertOptions) -> dict:
+    """Convert and verify; returns the report (``passed`` False when a model failed its thresholds).
+
+    Raises:
+        ConvertError / EdgesegError: bad input, before any .tflite is written.
+    """
+    job = _prepare(options)
+    report: dict = {
+        "name": options.name,
+        "source": {"path": str(job.source.path), "sha256": job.source.sha256, "height": job.source.height,
+                   "width": job.source.width, "num_classes": job.source.num_classes},
+        "calibration": {"folder": str(options.calib_data), "split": options.calib_split,
+                        "count": len(job.calib_paths), "seed": options.seed} if job.calib_paths else {},
+        "evaluation": {"folder": str(options.eval_data), "split": options.eval_split, "images": len(job.pairs)},
+        "thresholds": {"min_agreement": options.min_agreement, "max_miou_drop": options.max_miou_drop},
+        "models": [],
+    }
     for mode in options.modes:
-        row = export_one(mode, mode)
+        row = job.export_one(mode, mode)
         if not row["passed"] and export.MODES[mode].calibrated:
-            row["worst_layers"] = layer_errors(
-                lambda: export.make_converter(source, export.MODES[mode], options.io_type, representative, False,
-                                              options.edgetpu),
-                representative)
+            row["worst_layers"] = job.worst_layers(mode)
         report["models"].append(row)
         if not row["passed"] and mode == "int8" and options.fallback != "none":
-            report["models"].append(export_one(options.fallback, options.fallback.replace("-", "_")))
-
+            report["models"].append(job.export_one(options.fallback, options.fallback.replace("-", "_")))
     if options.argmax:
-        report["argmax"] = _argmax_effect(source, options, representative)
+        report["argmax"] = _argmax_effect(job.source, options, job.representative)
     if options.edgetpu:
-        report["edgetpu"] = _edgetpu(report, options, labels, spec, provenance)
+        report["edgetpu"] = _edgetpu(report, options, job.labels, job.spec, job.provenance)
     json_path, md_path = write_report(report, options.out_dir, options.name)
     report["report_md"] = str(md_path)
     report["passed"] = _all_passed(report["models"], options.fallback)

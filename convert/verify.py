@@ -7,18 +7,20 @@ what is verified here is what users get.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .source import SourceModel
 from edgeseg.dataset import Pairs, read_image_rgb, read_mask
 from edgeseg.labels import LabelSet
 from edgeseg.metrics import confusion_matrix, scores
 from edgeseg.preprocess import InputSpec, preprocess, resize_mask
 from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+from .source import SourceModel
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -43,6 +45,32 @@ def grid_diagnostic(logits: np.ndarray, scale: float, zero_point: int, dtype: st
     return kept, close
 
 
+@dataclass
+class _Tally:
+    """What `verify` accumulates over the evaluation images."""
+
+    n: int
+    keras_matrix: np.ndarray = None
+    tflite_matrix: np.ndarray = None
+    agree: int = 0
+    total: int = 0
+    grid_kept: int = 0
+    grid_close: int = 0
+    prob_errors: list = field(default_factory=list)
+    prob_max: float = 0.0
+    latencies: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.keras_matrix = np.zeros((self.n, self.n), np.int64)
+        self.tflite_matrix = np.zeros((self.n, self.n), np.int64)
+
+    def add(self, truth: np.ndarray, keras_classes: np.ndarray, tflite_classes: np.ndarray) -> None:
+        self.agree += int(np.count_nonzero(keras_classes == tflite_classes))
+        self.total += keras_classes.size
+        self.keras_matrix += confusion_matrix(truth, resize_mask(keras_classes, truth.shape), self.n)
+        self.tflite_matrix += confusion_matrix(truth, resize_mask(tflite_classes, truth.shape), self.n)
+
+
 def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet, spec: InputSpec,
            threads: int | None = None, name: str | None = None) -> dict:
     """Compare `model_path` with the Keras model on every pair.
@@ -55,41 +83,54 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
         runner-up class than one step (`grid_diagnostic`).
     """
     segmenter = Segmenter(SegmenterOptions(model=model_path, threads=threads, device="cpu"))
-    n = labels.num_classes
-    keras_matrix = np.zeros((n, n), np.int64)
-    tflite_matrix = np.zeros((n, n), np.int64)
-    agree = total = 0
-    prob_errors: list[float] = []
-    prob_max = 0.0
-    latencies: list[float] = []
     output = segmenter.info.output
     on_grid = segmenter.info.output_kind == "scores" and output.quantized
-    grid_kept = grid_close = 0
+    tally = _Tally(labels.num_classes)
     for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=f"verify {name or model_path.name}",
                                       unit="img", leave=False, disable=None):
         image = read_image_rgb(image_path)
-        truth = read_mask(mask_path, n)
         logits = source.predict(preprocess(image, spec)[np.newaxis])[0]
-        keras_classes = np.argmax(logits, axis=-1).astype(np.uint8)
         started = time.perf_counter()
         raw = segmenter.infer(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        latencies.append((time.perf_counter() - started) * 1000)
-        tflite_classes = segmenter.classes(raw)
-        agree += int(np.count_nonzero(keras_classes == tflite_classes))
-        total += keras_classes.size
+        tally.latencies.append((time.perf_counter() - started) * 1000)
+        tally.add(read_mask(mask_path, labels.num_classes), np.argmax(logits, axis=-1).astype(np.uint8),
+                  segmenter.classes(raw))
         if on_grid:
             kept, close = grid_diagnostic(logits.astype(np.float32), output.scale, output.zero_point, output.dtype)
-            grid_kept += kept
-            grid_close += close
+            tally.grid_kept += kept
+            tally.grid_close += close
         if segmenter.info.output_kind == "scores":
             error = np.abs(_softmax(segmenter.scores(raw)) - _softmax(logits.astype(np.float32)))
-            prob_errors.append(float(error.mean()))
-            prob_max = max(prob_max, float(error.max()))
-        keras_matrix += confusion_matrix(truth, resize_mask(keras_classes, truth.shape), n)
-        tflite_matrix += confusion_matrix(truth, resize_mask(tflite_classes, truth.shape), n)
-    keras_scores, tflite_scores = scores(keras_matrix), scores(tflite_matrix)
+            tally.prob_errors.append(float(error.mean()))
+            tally.prob_max = max(tally.prob_max, float(error.max()))
+    keras_scores, tflite_scores = scores(tally.keras_matrix), scores(tally.tflite_matrix)
+    total = max(1, tally.total)
+    return {
+        "images": len(pairs),
+        "agreement": tally.agree / total,
+        "miou_keras": keras_scores.miou,
+        "miou_tflite": tflite_scores.miou,
+        "miou_drop": keras_scores.miou - tflite_scores.miou,
+        "pixel_accuracy_keras": keras_scores.pixel_accuracy,
+        "pixel_accuracy_tflite": tflite_scores.pixel_accuracy,
+        "prob_error_mean": float(np.mean(tally.prob_errors)) if tally.prob_errors else None,
+        "prob_error_max": tally.prob_max if tally.prob_errors else None,
+        "latency_ms_median": float(np.median(tally.latencies)) if tally.latencies else None,
+        "per_class_iou": _per_class(keras_scores, tflite_scores, labels),
+        # Quantised score outputs only: the agreement ceiling of the output grid (see grid_diagnostic).
+        "output_step": output.scale if on_grid else None,
+        "grid_ceiling": tally.grid_kept / total if on_grid else None,
+        "below_step_share": tally.grid_close / total if on_grid else None,
+        "input_dtype": segmenter.info.input.dtype,
+        "output_dtype": segmenter.info.output.dtype,
+        "output_kind": segmenter.info.output_kind,
+    }
+
+
+def _per_class(keras_scores, tflite_scores, labels: LabelSet) -> dict:
+    """{class: {keras, tflite, diff}} IoU for the classes either model scored."""
     per_class = {}
-    for index in range(1, n):
+    for index in range(1, labels.num_classes):
         k, t = keras_scores.per_class_iou[index], tflite_scores.per_class_iou[index]
         if not (np.isnan(k) and np.isnan(t)):
             per_class[labels.names[index]] = {
@@ -97,26 +138,7 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
                 "tflite": None if np.isnan(t) else round(float(t), 4),
                 "diff": None if np.isnan(k) or np.isnan(t) else round(float(t - k), 4),
             }
-    return {
-        "images": len(pairs),
-        "agreement": agree / max(1, total),
-        "miou_keras": keras_scores.miou,
-        "miou_tflite": tflite_scores.miou,
-        "miou_drop": keras_scores.miou - tflite_scores.miou,
-        "pixel_accuracy_keras": keras_scores.pixel_accuracy,
-        "pixel_accuracy_tflite": tflite_scores.pixel_accuracy,
-        "prob_error_mean": float(np.mean(prob_errors)) if prob_errors else None,
-        "prob_error_max": prob_max if prob_errors else None,
-        "latency_ms_median": float(np.median(latencies)) if latencies else None,
-        "per_class_iou": per_class,
-        # Quantised score outputs only: the agreement ceiling of the output grid (see grid_diagnostic).
-        "output_step": output.scale if on_grid else None,
-        "grid_ceiling": grid_kept / max(1, total) if on_grid else None,
-        "below_step_share": grid_close / max(1, total) if on_grid else None,
-        "input_dtype": segmenter.info.input.dtype,
-        "output_dtype": segmenter.info.output.dtype,
-        "output_kind": segmenter.info.output_kind,
-    }
+    return per_class
 
 
 def host_argmax_ms(model_path: Path, runs: int = 30) -> tuple[float, float]:
