@@ -145,24 +145,12 @@ class Segmenter:
                              " scores or a (1, H, W) class map")
 
         self.warnings: list[str] = []  # problems the model still runs with (the CLI prints them)
-        height, width = in_info.shape[1], in_info.shape[2]
-        try:
-            metadata: ModelMetadata | None = read_metadata(content)
-            if metadata is not None:
-                if (metadata.input.height, metadata.input.width) != (height, width):
-                    raise MetadataError(f"it says {metadata.input.height}x{metadata.input.width} but the input is"
-                                        f" {height}x{width}")
-                if channels and channels != metadata.labels.num_classes:
-                    raise MetadataError(f"it lists {metadata.labels.num_classes} labels for {channels} outputs")
-        except MetadataError as exc:
-            metadata = None
-            self.warnings.append(f"model {name}: its embedded metadata is damaged ({exc}); running with generic"
-                                 " labels and input settings - re-export it with `python -m convert`")
+        metadata = self._read_metadata(content, name, in_info.shape[1], in_info.shape[2], channels)
         if metadata is not None:
             labels, spec = metadata.labels, metadata.input
         else:
             labels = builtin_for(channels) if channels else ADE20K
-            spec = InputSpec(height=height, width=width)
+            spec = InputSpec(height=in_info.shape[1], width=in_info.shape[2])
         if channels and channels != labels.num_classes:
             raise ModelError(f"model {name} outputs {channels} classes but its labels list {labels.num_classes}")
         self.info = ModelInfo(
@@ -172,17 +160,36 @@ class Segmenter:
         )
         self.labels, self.spec = labels, spec
         self.palette_bgr = labels.palette_bgr()
+        self._set_input_conversion(in_info)
+        self.last_inference_ms = 0.0
+
+    def _read_metadata(self, content: bytes, name: str, height: int, width: int, channels: int) -> ModelMetadata | None:
+        """The embedded metadata when it fits the model; None (with a warning) when it is damaged."""
+        try:
+            metadata = read_metadata(content)
+            if metadata is not None:
+                if (metadata.input.height, metadata.input.width) != (height, width):
+                    raise MetadataError(f"it says {metadata.input.height}x{metadata.input.width} but the input is"
+                                        f" {height}x{width}")
+                if channels and channels != metadata.labels.num_classes:
+                    raise MetadataError(f"it lists {metadata.labels.num_classes} labels for {channels} outputs")
+            return metadata
+        except MetadataError as exc:
+            self.warnings.append(f"model {name}: its embedded metadata is damaged ({exc}); running with generic"
+                                 " labels and input settings - re-export it with `python -m convert`")
+            return None
+
+    def _set_input_conversion(self, in_info: "TensorInfo") -> None:
+        """How `prepare` turns uint8 pixels into the input's dtype."""
         self._in_dtype = np.dtype(in_info.dtype)
-        self._lut = _quantize_lut(spec, in_info) if in_info.quantized else None
-        # OpenCV's LUT does the per-pixel lookup ~3x faster than numpy indexing; it takes 8-bit
-        # tables (int8/uint8 inputs).
+        self._lut = _quantize_lut(self.spec, in_info) if in_info.quantized else None
+        # OpenCV's LUT does the per-pixel lookup faster than numpy indexing; it takes 8-bit tables.
         self._lut_cv = None
         if self._lut is not None and self._lut.dtype in (np.int8, np.uint8):
             self._lut_cv = cv_lut(self._lut)
         # The usual quantisation (pixels / 255, scale 1/255, zero point -128 or 0) maps each byte to
         # itself plus a constant modulo 256: one 8-bit add (or nothing) does the lookup's work.
         self._byte_offset = _byte_offset(self._lut) if self._lut is not None else None
-        self.last_inference_ms = 0.0
 
     def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Frame -> model input tensor ``(1, H, W, 3)`` in the input's own dtype.

@@ -117,7 +117,8 @@ class LiveServer:
         self._last_time: float | None = None
         self.encoded = 0  # JPEGs made (only while someone watches)
         try:
-            self._httpd = _Server((host, port), _handler(self))
+            self._httpd = _Server((host, port), _Handler)
+            self._httpd.live = self
         except OSError as exc:
             raise InputError(f"--serve {address}: cannot listen there ({exc.strerror}); pick another port") from exc
         self.host, self.port = host, self._httpd.server_address[1]
@@ -216,72 +217,75 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         super().server_bind()
 
 
-def _handler(live: LiveServer):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "edgeseg"
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One request of one viewer, on its own thread; `self.server.live` is the LiveServer."""
 
-        def log_message(self, *args):  # quiet: the terminal belongs to the pipeline's summary
+    server_version = "edgeseg"
+
+    @property
+    def live(self) -> LiveServer:
+        return self.server.live
+
+    def log_message(self, *args):  # quiet: the terminal belongs to the pipeline's summary
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        url = urlsplit(self.path)
+        if not self.live.authorised(parse_qs(url.query), self.headers):
+            self.send_error(403, "token required: open the URL printed at start (...?token=...)")
+            return
+        self.live.touch()
+        routes = {"/": self.page, "/index.html": self.page, "/stats.json": self.stats,
+                  "/snapshot.jpg": self.snapshot, "/stream.mjpg": self.stream}
+        route = routes.get(url.path)
+        if route is None:
+            self.send_error(404)
+            return
+        try:
+            route()
+        except (BrokenPipeError, ConnectionResetError):
             pass
 
-        def do_GET(self):  # noqa: N802 - http.server's name
-            url = urlsplit(self.path)
-            if not live.authorised(parse_qs(url.query), self.headers):
-                self.send_error(403, "token required: open the URL printed at start (...?token=...)")
-                return
-            live.touch()
-            routes = {"/": self.page, "/index.html": self.page, "/stats.json": self.stats,
-                      "/snapshot.jpg": self.snapshot, "/stream.mjpg": self.stream}
-            route = routes.get(url.path)
-            if route is None:
-                self.send_error(404)
-                return
-            try:
-                route()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+    def send_body(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
 
-        def send_body(self, body: bytes, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+    def page(self):
+        self.send_body(PAGE.encode(), "text/html; charset=utf-8")
 
-        def page(self):
-            self.send_body(PAGE.encode(), "text/html; charset=utf-8")
+    def stats(self):
+        self.send_body(json.dumps(self.live.snapshot_stats()).encode(), "application/json")
 
-        def stats(self):
-            self.send_body(json.dumps(live.snapshot_stats()).encode(), "application/json")
+    def snapshot(self):
+        sequence, jpeg = self.live.next_jpeg(self.live.sequence, timeout=5.0)  # a frame drawn from now on
+        if jpeg is None:
+            self.send_error(503, "no frame yet")
+            return
+        self.send_body(jpeg, "image/jpeg")
 
-        def snapshot(self):
-            sequence, jpeg = live.next_jpeg(live.sequence, timeout=5.0)  # a frame drawn from now on
-            if jpeg is None:
-                self.send_error(503, "no frame yet")
-                return
-            self.send_body(jpeg, "image/jpeg")
-
-        def stream(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            live.viewer(+1)
-            try:
-                sequence = 0
-                while True:
-                    sequence, jpeg = live.next_jpeg(sequence)
-                    if sequence < 0:
-                        return
-                    if jpeg is None:
-                        continue
-                    live.touch()
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                     + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-            finally:
-                live.viewer(-1)
-
-    return Handler
+    def stream(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.live.viewer(+1)
+        try:
+            sequence = 0
+            while True:
+                sequence, jpeg = self.live.next_jpeg(sequence)
+                if sequence < 0:
+                    return
+                if jpeg is None:
+                    continue
+                self.live.touch()
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                 + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+        finally:
+            self.live.viewer(-1)
 
 
 def palette_hex(labels, palette_bgr: np.ndarray) -> dict[str, str]:
