@@ -331,3 +331,20 @@ def test_run_summary_reports_latency_percentiles(tmp_path):
     p50 = float(summary.split("latency (capture to overlay) p50 ")[1].split()[0])
     inference = float(summary.split("inference p50 ")[1].split()[0])
     assert 0 < p50 < inference + 100  # one frame interval at 10 FPS
+
+
+def test_serve_and_output_together(tmp_path):
+    """The live page and a recording in one run: both get every frame's overlay."""
+    port = free_port()
+    out = tmp_path / "rec.mp4"
+    process = subprocess.Popen([sys.executable, "-m", "edgeseg", "video", shared("video", "vtest.avi"), "--realtime",
+                                "--headless", "--duration", "5", "--serve", f"127.0.0.1:{port}", "-o", out], cwd=REPO,
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(f"http://127.0.0.1:{port}/stats.json")
+    status, body = get(f"http://127.0.0.1:{port}/snapshot.jpg")
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert status == 200 and cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (360, 480, 3)
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) >= 30 and "wrote" in stdout
+    capture.release()
