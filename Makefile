@@ -28,7 +28,7 @@ bundle: setup                   ## retrain and re-export the bundled model (thre
 	$(BIN)/python -m train --config configs/camvid_lite_stage3.yaml
 	$(BIN)/python -m convert --model runs/camvid_lite_stage3/best.keras --quantize all --name camvid_lite \
 	  --calib-data ../shared/data/camvid --calib-split training \
-	  --eval-data ../shared/data/camvid --eval-split validation --out-dir models
+	  --eval-data ../shared/data/camvid --eval-split validation --output models
 	cp runs/camvid_lite_stage3/best.keras models/camvid_lite.keras
 	mv models/camvid_lite_int8.tflite edgeseg/assets/camvid_lite_int8.tflite   # shipped in the wheel
 	ln -sf ../edgeseg/assets/camvid_lite_int8.tflite models/camvid_lite_int8.tflite

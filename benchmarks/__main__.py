@@ -58,7 +58,7 @@ def main(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write this run as JSON here."),
     device_name: Optional[str] = typer.Option(None, "--device-name", help="Name of this device in the tables."),
     save: bool = typer.Option(True, "--save/--no-save", help="Append to RESULTS/<device>.jsonl."),
-    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Where results go (default:"
+    results_dir: Optional[Path] = typer.Option(None, "--output", "-o", "--results-dir", help="Where results go (default:"
                                                " benchmarks/results in a checkout, ./benchmark-results when installed)."),
     sustain: float = typer.Option(0.0, "--sustain", min=0.0, help="Also run the whole pipeline on --video for this"
                                   " many seconds, recording FPS, temperature and clock (JSONL + PNG); 0 = skip."),
@@ -204,7 +204,8 @@ def measure_keras(keras_models: list[Path], video: Path | None, runs: int, warmu
 
 
 @app.command()
-def report(results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Folder of <device>.jsonl files.")
+def report(results_dir: Optional[Path] = typer.Option(None, "--output", "-o", "--results-dir",
+                                                     help="Folder of <device>.jsonl files.")
            ) -> None:
     """Regenerate RESULTS/README.md and RESULTS/latency.png from the stored results."""
     from .report import generate

@@ -52,7 +52,7 @@ def main(
     calib_split: str = typer.Option("training", "--calib-split", help="Split used for calibration."),
     eval_data: Path = typer.Option(..., "--eval-data", help="Held-out images + annotations (ADE layout)."),
     eval_split: str = typer.Option("validation", "--eval-split", help="Split used for verification."),
-    out_dir: Path = typer.Option(Path("export"), "--out-dir", help="Where models and reports go."),
+    out_dir: Path = typer.Option(Path("export"), "--output", "-o", "--out-dir", help="Where models and reports go."),
     num_calib: int = typer.Option(200, "--num-calib", min=1, help="Calibration images."),
     num_eval: int = typer.Option(0, "--num-eval", min=0, help="Verification images (0 = all of the split)."),
     io_type: Optional[IOType] = typer.Option(None, "--io-type", help="int8 model I/O: int8 (default), uint8 (Edge TPU), float32."),

@@ -29,15 +29,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
 def main(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (keys = TrainConfig fields)."),
-    data_dir: Optional[str] = typer.Option(None, help="Dataset root in ADE layout."),
-    run_dir: Optional[str] = typer.Option(None, help="Output folder (config, checkpoints, plots)."),
+    data_dir: Optional[str] = typer.Option(None, "--data", "--data-dir", help="Dataset root in ADE layout."),
+    run_dir: Optional[str] = typer.Option(None, "--output", "-o", "--run-dir",
+                                          help="Run folder (config, checkpoints, plots, logs)."),
     architecture: Optional[str] = typer.Option(None, help="unet or unet-lite."),
     height: Optional[int] = typer.Option(None, help="Input height."),
     width: Optional[int] = typer.Option(None, help="Input width."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (global, over all replicas)."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    max_examples: Optional[int] = typer.Option(None, help="Debug: use only the first N pairs per split."),
+    max_examples: Optional[int] = typer.Option(None, "--max-images", "--max-examples",
+                                               help="Debug: use only the first N pairs per split."),
     mixed_precision: Optional[bool] = typer.Option(None, "--mixed-precision/--no-mixed-precision",
                                                    help="float16 compute on GPUs."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
@@ -110,7 +112,8 @@ def lost_worker(exc: Exception, run_dir: str) -> None:
 
 @app.command()
 def download(
-    dest: Path = typer.Option(Path("data"), "--dest", help="Folder for the zip and the extracted dataset."),
+    dest: Path = typer.Option(Path("data"), "--output", "-o", "--dest",
+                              help="Folder for the zip and the extracted dataset."),
     name: str = typer.Option("ADEChallengeData2016", "--name", help="ADEChallengeData2016 or release_test."),
     url: Optional[str] = typer.Option(None, "--url", help="Override the download URL (mirrors, tests)."),
     sha1: Optional[str] = typer.Option(None, "--sha1", help="Override the expected SHA-1."),
@@ -131,7 +134,8 @@ def download(
 @app.command()
 def throughput(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (network, size, batch, data)."),
-    data_dir: Optional[str] = typer.Option(None, help="Dataset root in ADE layout (a real batch is read from it)."),
+    data_dir: Optional[str] = typer.Option(None, "--data", "--data-dir",
+                                           help="Dataset root in ADE layout (a real batch is read from it)."),
     architecture: Optional[str] = typer.Option(None, help="unet or unet-lite."),
     height: Optional[int] = typer.Option(None, help="Input height."),
     width: Optional[int] = typer.Option(None, help="Input width."),
