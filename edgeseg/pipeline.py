@@ -92,10 +92,14 @@ class FrameResult:
     image: np.ndarray
     labels: object
     frame: np.ndarray | None = None
+    _shares: dict[str, float] | None = field(default=None, repr=False)
 
     def shares(self) -> dict[str, float]:
-        """Share of the labelled pixels (class 0 left out) per class present, by name."""
-        return label_shares(self.class_map, self.labels)
+        """Share of the labelled pixels (class 0 left out) per class present, by name (computed
+        once, however many consumers ask)."""
+        if self._shares is None:
+            self._shares = label_shares(self.class_map, self.labels)
+        return self._shares
 
 
 def label_shares(class_map: np.ndarray, labels) -> dict[str, float]:

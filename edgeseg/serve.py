@@ -21,12 +21,13 @@ import secrets
 import socketserver
 import threading
 import time
+from collections import deque
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 
-from edgeseg.errors import EdgesegError, InputError
+from edgeseg.errors import InputError
 from edgeseg.pipeline import FrameResult
 
 JPEG_QUALITY = 80
@@ -112,8 +113,11 @@ class LiveServer:
         self._started = time.monotonic()
         self.stats: dict = {"frames": 0, "dropped": 0, "fps": 0.0, "inference_ms": 0.0, "latency_ms": 0.0,
                             "latency_p50_ms": None, "latency_p90_ms": None, "latency_p99_ms": None, "shares": {}}
-        self._inference: list[float] = []
-        self._latency: list[float] = []  # the newest 100 frames' capture -> overlay times
+        # The newest 100 frames' times and the newest frame: summarised when /stats.json is asked
+        # for (about once a second), not on every frame.
+        self._inference: deque[float] = deque(maxlen=100)
+        self._latency: deque[float] = deque(maxlen=100)
+        self._last: FrameResult | None = None
         self._last_time: float | None = None
         self.encoded = 0  # JPEGs made (only while someone watches)
         try:
@@ -155,12 +159,10 @@ class LiveServer:
             instant = 1.0 / (now - self._last_time)
             self.stats["fps"] = instant if not self.stats["fps"] else 0.9 * self.stats["fps"] + 0.1 * instant
         self._last_time = now
-        self._inference = (self._inference + [result.inference_ms])[-100:]
-        self._latency = (self._latency + [result.latency_ms])[-100:]
-        p50, p90, p99 = np.percentile(self._latency, [50, 90, 99])
-        self.stats.update(frames=result.index + 1, dropped=dropped, shares=result.shares(),
-                          inference_ms=float(np.median(self._inference)), latency_ms=float(p50),
-                          latency_p50_ms=float(p50), latency_p90_ms=float(p90), latency_p99_ms=float(p99))
+        self._inference.append(result.inference_ms)
+        self._latency.append(result.latency_ms)
+        self._last = result
+        self.stats.update(frames=result.index + 1, dropped=dropped)
         if not self.watching():
             return
         ok, encoded = cv2.imencode(".jpg", result.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -174,8 +176,16 @@ class LiveServer:
 
     # -- viewer side ---------------------------------------------------------------------------
     def snapshot_stats(self) -> dict:
-        return {**self.stats, "uptime_s": round(time.monotonic() - self._started, 1), "viewers": self._viewers,
-                "palette": self.palette, "encoded": self.encoded}
+        stats = {**self.stats, "uptime_s": round(time.monotonic() - self._started, 1), "viewers": self._viewers,
+                 "palette": self.palette, "encoded": self.encoded}
+        latency, inference, last = list(self._latency), list(self._inference), self._last
+        if latency:
+            p50, p90, p99 = np.percentile(latency, [50, 90, 99])
+            stats.update(inference_ms=float(np.median(inference)), latency_ms=float(p50), latency_p50_ms=float(p50),
+                         latency_p90_ms=float(p90), latency_p99_ms=float(p99))
+        if last is not None:
+            stats["shares"] = last.shares()
+        return stats
 
     @property
     def sequence(self) -> int:
@@ -292,4 +302,4 @@ def palette_hex(labels, palette_bgr: np.ndarray) -> dict[str, str]:
     return {name: "#{2:02x}{1:02x}{0:02x}".format(*map(int, palette_bgr[i])) for i, name in enumerate(labels.names)}
 
 
-__all__ = ["LiveServer", "parse_address", "is_loopback", "palette_hex", "EdgesegError"]
+__all__ = ["LiveServer", "parse_address", "is_loopback", "palette_hex"]

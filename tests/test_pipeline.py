@@ -14,24 +14,7 @@ from edgeseg.overlay import blend, class_shares, colourise, render
 from edgeseg.pipeline import PipelineOptions, run
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 from edgeseg.sinks import VideoSink
-from edgeseg.sources import LiveSource, VideoFileSource
-
-
-class PacedCapture:
-    """A video file delivered like a camera: one frame every `interval` seconds."""
-
-    def __init__(self, path: str, interval: float) -> None:
-        self._capture, self._interval = cv2.VideoCapture(path), interval
-
-    def read(self):
-        time.sleep(self._interval)
-        return self._capture.read()
-
-    def get(self, prop):
-        return self._capture.get(prop)
-
-    def release(self):
-        self._capture.release()
+from edgeseg.sources import LiveSource, PacedCapture, VideoFileSource
 
 
 class SlowConsumer(Segmenter):
@@ -45,7 +28,7 @@ class SlowConsumer(Segmenter):
 def test_live_source_drops_stale_frames_and_reports_them(tiny_tflite):
     seg = SlowConsumer(SegmenterOptions(tiny_tflite["int8"]))
     # A file paced at 100 frames/s stands in for a camera that outpaces inference (30 ms a frame).
-    live = LiveSource(PacedCapture(str(shared("video", "vtest.avi")), 0.01), "fast camera")
+    live = LiveSource(PacedCapture(shared("video", "vtest.avi"), fps=100), "fast camera")
     with live:
         stats = run(live, seg, PipelineOptions(max_frames=10), progress=False)
     assert stats.frames == 10
