@@ -71,6 +71,34 @@ def list_pairs(root: Path, split: str, max_examples: int = 0) -> Pairs:
     return Pairs(tuple(str(images[s]) for s in stems), tuple(str(masks[s]) for s in stems))
 
 
+def select_pairs(root: Path, splits: str, prefixes=(), max_examples: int = 0) -> Pairs:
+    """The pairs of one or more splits (``"training+validation"``), optionally only those whose file
+    name starts with one of `prefixes` (a CamVid drive such as ``0006R0``, a Cityscapes city), sorted
+    by name; `max_examples` keeps the first N after filtering.
+
+    Raises:
+        DatasetError: as `list_pairs`, or no pair left after filtering (the prefixes found are listed).
+    """
+    images: list[str] = []
+    masks: list[str] = []
+    for split in splits.split("+"):
+        pairs = list_pairs(root, split.strip())
+        images += pairs.images
+        masks += pairs.masks
+    order = sorted(range(len(images)), key=lambda i: Path(images[i]).name)
+    if prefixes:
+        prefixes = tuple(prefixes)
+        kept = [i for i in order if Path(images[i]).name.startswith(prefixes)]
+        if not kept:
+            found = sorted({Path(images[i]).name.split("_")[0] for i in order})
+            raise DatasetError(f"no {splits} file name starts with {', '.join(prefixes)}; names there start with"
+                               f" {', '.join(found[:8])}: fix the prefixes")
+        order = kept
+    if max_examples:
+        order = order[:max_examples]
+    return Pairs(tuple(images[i] for i in order), tuple(masks[i] for i in order))
+
+
 def resolve_labels(root: Path, name: str = "auto") -> LabelSet:
     """Label table of a dataset: a builtin name, a classes.csv path, or ``auto``
     (``classes.csv`` in the dataset root, else ADE20K-150)."""

@@ -395,6 +395,8 @@ def test_edgetpu_without_the_library_is_one_clean_line(tmp_path):
     ("epochs: three", "epochs is 'three' (str); expected a whole number"),
     ("batch_size: 0", "batch_size is 0; it must be >= 1"),
     ("optimizer: sgd", "optimizer is 'sgd'; choose one of radam, adamw"),
+    ("train_prefixes: 0006R0", "train_prefixes is '0006R0' (str); expected a list"),
+    ("min_scale: 1.5", "min_scale 1.5 must be <= 1 and <= max_scale"),
 ])
 def test_config_values_are_checked_when_read(tmp_path, line, fragment):
     config = tmp_path / "bad.yaml"

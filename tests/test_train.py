@@ -64,33 +64,76 @@ def test_normalize_table_gives_the_arithmetic_to_the_bit(camvid, street_frames):
             np.testing.assert_array_equal(normalize(pixels.astype(np.float32), spec), expected)  # no table
 
 
-def test_augmentation_keeps_labels_and_aligns_image_and_mask(camvid):
+@pytest.mark.parametrize("min_scale, strong", [(1.0, False), (0.6, True)])
+def test_augmentation_keeps_labels_and_aligns_image_and_mask(camvid, min_scale, strong):
     """Flip, zoom-crop and jitter must move image and mask together: the image here is the mask
     painted in one colour per class, so after augmenting, every class region of the new mask must
-    still hold a single colour (an augment that flips or crops only one of them fails this)."""
+    still hold a single colour (an augment that flips or crops only one of them fails this). Zooming
+    out (min_scale < 1) pads with label 0, and strong colour jitter acts on every pixel alike."""
     import cv2
     import tensorflow as tf
 
     from train.data import augment, load_example
 
-    palette = np.random.default_rng(0).uniform(0, 1, (12, 3)).astype(np.float32)
+    palette = np.random.default_rng(0).uniform(0.2, 0.8, (12, 3)).astype(np.float32)
     pairs = sorted((camvid / "images" / "training").glob("*.jpg"))[:4]
     # seeds [5, 9] and [6, 9] do not flip / flip (both zoom); [7, 9] flips, [1, 9] zooms little
+    padded = []
     for seed, image_path in zip((5, 6, 7, 1), pairs):
         mask_path = camvid / "annotations" / "training" / (image_path.stem + ".png")
         _, mask = load_example(str(image_path), str(mask_path), InputSpec(96, 128), 12)
         painted = palette[mask]
-        out_image, out_mask = augment(tf.constant(painted), tf.constant(mask), 1.6, tf.constant([seed, 9], tf.int64))
+        out_image, out_mask = augment(tf.constant(painted), tf.constant(mask), 1.6, tf.constant([seed, 9], tf.int64),
+                                      min_scale, strong)
         out_image, out_mask = out_image.numpy(), out_mask.numpy()
         assert out_image.shape == (96, 128, 3) and out_mask.shape == (96, 128)
         assert set(np.unique(out_mask)) <= set(np.unique(mask))
+        padded.append((out_mask == 0).mean() - (mask == 0).mean())
         checked = 0
-        for label in np.unique(out_mask):
+        for label in np.unique(out_mask)[1:] if min_scale < 1 else np.unique(out_mask):  # 0: class 0 + padding
             inside = cv2.erode((out_mask == label).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
             if inside.sum() >= 50:  # away from edges, where bilinear resizing blends neighbours
                 assert out_image[inside].std(axis=0).max() < 0.02, (image_path.name, label)
                 checked += 1
         assert checked >= 2 and out_image.std() > 0.1
+    if min_scale < 1:
+        assert max(padded) > 0.05  # some seed zoomed out: a border of ignored label 0
+    else:
+        assert max(padded) < 0.01
+
+
+def test_splits_join_and_prefixes_pick_drives(camvid):
+    """A leave-one-drive-out check selects CamVid frames by drive (file-name prefix) across splits."""
+    from edgeseg.dataset import DatasetError, select_pairs
+
+    both = select_pairs(camvid, "training+validation")
+    assert len(both) == 367 + 101 and len(set(both.images)) == len(both)
+    held_out = select_pairs(camvid, "training", ["0006R0"])
+    rest = select_pairs(camvid, "training+validation", ["0016E5", "0001TP"])
+    assert len(held_out) == 101 and len(rest) == 367
+    assert all(os.path.basename(p).startswith("0006R0") for p in held_out.images + held_out.masks)
+    assert not set(held_out.images) & set(rest.images)
+    assert [os.path.basename(p)[:-4] for p in rest.images] == [os.path.basename(p)[:-4] for p in rest.masks]
+    assert len(select_pairs(camvid, "training", ["0006R0"], max_examples=5)) == 5
+    with pytest.raises(DatasetError, match="no training file name starts with Seq05VD.*0001TP, 0006R0, 0016E5"):
+        select_pairs(camvid, "training", ["Seq05VD"])
+
+
+def test_enet_class_weights_follow_the_formula_and_stay_bounded(camvid):
+    from edgeseg.dataset import select_pairs
+    from train.data import class_frequencies, enet_weights, median_frequency_weights
+
+    counts = class_frequencies(select_pairs(camvid, "training", max_examples=60), 12)
+    weights = enet_weights(counts)
+    share = counts[1:] / counts[1:].sum()
+    raw = 1 / np.log(1.02 + share)
+    np.testing.assert_allclose(weights[1:], raw / np.median(raw), rtol=1e-5)
+    assert weights[0] == 0 and np.median(weights[1:]) == pytest.approx(1.0)
+    order = np.argsort(share)
+    assert np.all(np.diff(weights[1:][order]) <= 0)  # rarer class, larger weight
+    spread = weights[1:].max() / weights[1:].min()
+    assert spread < median_frequency_weights(counts)[1:].max() / median_frequency_weights(counts)[1:].min()
+    assert spread < 1 / np.log(1.02)
 
 
 def test_dataset_errors_name_the_problem(tmp_path, camvid):
@@ -215,14 +258,38 @@ def test_loss_decreases_on_a_repeated_real_batch(camvid):
 
 
 def test_short_real_training_run_writes_everything(tiny_run):
-    for name in ("config.yaml", "best.keras", "best.keras.json", "history.csv", "training_curves.png",
-                 "eval.json", "labels.json"):
+    import json
+
+    for name in ("config.yaml", "best.keras", "best.keras.json", "last.keras", "history.csv",
+                 "training_curves.png", "eval.json", "labels.json"):
         assert (tiny_run / name).is_file(), name
+    assert json.loads((tiny_run / "eval.json").read_text())["checkpoint"] == str(tiny_run / "best.keras")
     assert len(list((tiny_run / "samples").glob("epoch_*.png"))) >= 1
     assert list((tiny_run / "tensorboard").rglob("*"))
     with open(tiny_run / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+
+
+def test_a_fixed_schedule_delivers_the_last_epoch(tiny_run, tiny_keras, tmp_path, camvid):
+    """checkpoint: last (the final model on train + val) scores and names last.keras and stops no
+    run early; checkpoint: best delivers best.keras even when the last weights differ."""
+    import keras
+
+    from edgeseg.dataset import resolve_labels, select_pairs
+    from train.config import TrainConfig
+    from train.run import deliver, input_spec
+
+    labels = resolve_labels(camvid)
+    val = select_pairs(camvid, "validation", max_examples=6)
+    config = TrainConfig(architecture="unet-lite", height=tiny_keras.input_shape[1], width=tiny_keras.input_shape[2])
+    fresh = keras.models.clone_model(tiny_keras)  # random weights: worse than the tiny run's best
+    (tmp_path / "best.keras").write_bytes((tiny_run / "best.keras").read_bytes())
+    best = deliver(config, fresh, tmp_path, input_spec(config), val, labels)
+    last = deliver(config.replace(checkpoint="last"), fresh, tmp_path, input_spec(config), val, labels)
+    assert best["checkpoint"].endswith("best.keras") and last["checkpoint"].endswith("last.keras")
+    assert (tmp_path / "last.keras").is_file()
+    assert best["miou"] > last["miou"] + 0.05
 
 
 def test_best_checkpoint_is_never_replaced_by_a_worse_one(tmp_path):

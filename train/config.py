@@ -25,8 +25,18 @@ class TrainConfig:
         batch_norm: unet only: BatchNorm after every conv (off = the tutorial; on = int8-friendly).
         optimizer: ``"radam"`` (rectified Adam, the tutorial's) or ``"adamw"``.
         lr_schedule: ``"constant"`` (the tutorial) or ``"cosine"`` (with linear warm-up).
-        class_weighting: ``"none"`` or ``"median_frequency"`` (Eigen & Fergus, used by SegNet on CamVid).
-        augment: random flip, zoom-in crop and colour jitter on training images.
+        train_split, val_split: split folder names; ``"training+validation"`` joins splits (to train the
+            final model on both once the recipe is chosen).
+        train_prefixes, val_prefixes: keep only pairs whose file name starts with one of these (e.g. the
+            CamVid drives ``0006R0``: a leave-one-drive-out check); empty = every pair of the split(s).
+        class_weighting: ``"none"``, ``"median_frequency"`` (Eigen & Fergus, used by SegNet on CamVid) or
+            ``"enet"`` (1 / ln(1.02 + p), ENet's; gentler on rare classes).
+        augment: random flip, zoom crop and colour jitter on training images.
+        max_scale, min_scale: zoom range; below 1 the image shrinks and the border is label 0 (ignored).
+        color_jitter: ``"basic"`` (brightness, contrast) or ``"strong"`` (also saturation, hue, gamma and
+            per-channel gain: other cameras and other days' light).
+        checkpoint: which weights the run delivers and evaluates: ``"best"`` (highest val mIoU, early
+            stopping on) or ``"last"`` (the final epoch, for a fixed schedule on train + val).
         max_examples: use only the first N training and validation pairs (debugging), 0 = all.
         cache: ``"memory"``, ``"none"`` or a file path for tf.data's cache.
         init_from: a ``.keras`` model of the same architecture, size and class count whose weights start
@@ -38,6 +48,8 @@ class TrainConfig:
     labels: str = "auto"
     train_split: str = "training"
     val_split: str = "validation"
+    train_prefixes: list = field(default_factory=list)
+    val_prefixes: list = field(default_factory=list)
     architecture: str = "unet"
     height: int = 128
     width: int = 128
@@ -55,6 +67,9 @@ class TrainConfig:
     class_weighting: str = "none"
     augment: bool = False
     max_scale: float = 1.5
+    min_scale: float = 1.0
+    color_jitter: str = "basic"
+    checkpoint: str = "best"
     max_examples: int = 0
     cache: str = "memory"
     mixed_precision: bool = False
@@ -80,6 +95,8 @@ class TrainConfig:
         if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"{where}: warmup_epochs {self.warmup_epochs} is not shorter than epochs {self.epochs};"
                               " the learning rate would never leave its warm-up: lower warmup_epochs")
+        if self.min_scale > min(1.0, self.max_scale):
+            raise ConfigError(f"{where}: min_scale {self.min_scale} must be <= 1 and <= max_scale {self.max_scale}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -118,20 +135,24 @@ CHOICES = {
     "architecture": ("unet", "unet-lite"),
     "optimizer": ("radam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
-    "class_weighting": ("none", "median_frequency"),
+    "class_weighting": ("none", "median_frequency", "enet"),
+    "color_jitter": ("basic", "strong"),
+    "checkpoint": ("best", "last"),
 }
 MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "height": (1, True), "width": (1, True), "base_filters": (1, True), "width_multiplier": (0, False),
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
-    "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "max_examples": (0, True),
+    "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
+    "max_examples": (0, True),
     "sample_images": (0, True), "seed": (0, True),
 }
-TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping"}
+TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping",
+              list: "a list"}
 
 
 def _check_field(key: str, value, where: str) -> None:
     expected = {item.name: item.type for item in dataclasses.fields(TrainConfig)}[key]
-    kind = {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}[str(expected)]
+    kind = {"bool": bool, "int": int, "float": float, "str": str, "dict": dict, "list": list}[str(expected)]
     if kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif kind is int:
@@ -147,6 +168,8 @@ def _check_field(key: str, value, where: str) -> None:
         raise ConfigError(f"{where}: {key} is {value!r} ({type(value).__name__}); expected {TYPE_NAMES[kind]}{hint}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: {key} is {value!r}; choose one of {', '.join(CHOICES[key])}")
+    if kind is list and not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{where}: {key} is {value!r}; expected a list of file-name prefixes (text)")
     if key in MINIMUM:
         low, inclusive = MINIMUM[key]
         if value < low or (value == low and not inclusive):

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from edgeseg.dataset import DatasetError, Pairs, list_pairs, read_image_rgb, read_mask, resolve_labels
+from edgeseg.dataset import DatasetError, Pairs, list_pairs, read_image_rgb, read_mask, resolve_labels, select_pairs
 from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
-__all__ = ["DatasetError", "Pairs", "list_pairs", "resolve_labels", "load_pixels", "load_example", "make_dataset",
+__all__ = ["DatasetError", "Pairs", "list_pairs", "select_pairs", "resolve_labels", "load_pixels", "load_example", "make_dataset",
            "worker_share", "input_rate", "cache_bytes",
-           "augment", "class_frequencies", "median_frequency_weights"]
+           "augment", "class_frequencies", "median_frequency_weights", "enet_weights"]
 
 
 def load_pixels(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,19 +41,24 @@ def cache_bytes(num_examples: int, spec: InputSpec) -> int:
     return num_examples * spec.height * spec.width * 4
 
 
-def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random horizontal flip, zoom-in crop (image bilinear, mask NEAREST) and colour jitter."""
+def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor, min_scale: float = 1.0,
+            strong_color: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random horizontal flip, zoom in [min_scale, max_scale] then crop (image bilinear, mask
+    NEAREST; a zoom below 1 pads with grey and label 0, which the loss ignores) and colour jitter."""
     height, width = image.shape[0], image.shape[1]
     seeds = tf.random.experimental.stateless_split(seed, 6)
     mask = mask[..., tf.newaxis]
     flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
     image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
     mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
-    scale = tf.random.stateless_uniform([], seeds[1], 1.0, max_scale)
+    scale = tf.random.stateless_uniform([], seeds[1], min_scale, max_scale)
     new_h = tf.cast(tf.math.ceil(height * scale), tf.int32)
     new_w = tf.cast(tf.math.ceil(width * scale), tf.int32)
     image = tf.image.resize(image, (new_h, new_w), method="bilinear")
     mask = tf.image.resize(mask, (new_h, new_w), method="nearest")
+    if min_scale < 1.0:
+        image, mask = _pad_to(image, mask, height, width, tf.random.experimental.stateless_fold_in(seeds[1], 1))
+        new_h, new_w = tf.maximum(new_h, height), tf.maximum(new_w, width)
     top = tf.random.stateless_uniform([], seeds[2], 0, new_h - height + 1, dtype=tf.int32)
     left = tf.random.stateless_uniform([], seeds[3], 0, new_w - width + 1, dtype=tf.int32)
     image = image[top : top + height, left : left + width]
@@ -62,8 +67,33 @@ def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor
     contrast = tf.random.stateless_uniform([], seeds[5], 0.8, 1.2)
     mean = tf.reduce_mean(image)
     image = (image - mean) * contrast + mean + brightness
+    if strong_color:
+        image = _strong_color(image, tf.random.experimental.stateless_fold_in(seeds[5], 1))
     image = tf.ensure_shape(image, (height, width, 3))
     return image, tf.ensure_shape(mask[..., 0], (height, width))
+
+
+def _pad_to(image: tf.Tensor, mask: tf.Tensor, height: int, width: int, seed: tf.Tensor):
+    """Pad a shrunk image (grey) and mask (label 0) at a random place to at least height x width."""
+    shape = tf.shape(image)
+    target_h, target_w = tf.maximum(shape[0], height), tf.maximum(shape[1], width)
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    top = tf.random.stateless_uniform([], seeds[0], 0, target_h - shape[0] + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seeds[1], 0, target_w - shape[1] + 1, dtype=tf.int32)
+    image = tf.image.pad_to_bounding_box(image - 0.5, top, left, target_h, target_w) + 0.5
+    return image, tf.image.pad_to_bounding_box(mask, top, left, target_h, target_w)
+
+
+def _strong_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Saturation 0.6-1.4, hue +-0.04, gamma 0.7-1.4 and a per-channel gain 0.9-1.1 (white balance),
+    on [0, 1] pixels: the light and cameras of drives the model never saw."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    image = tf.image.stateless_random_saturation(image, 0.6, 1.4, seeds[0])
+    image = tf.image.stateless_random_hue(image, 0.04, seeds[1])
+    gamma = tf.random.stateless_uniform([], seeds[2], 0.7, 1.4)
+    gain = tf.random.stateless_uniform([3], seeds[3], 0.9, 1.1)
+    return tf.clip_by_value(tf.pow(tf.clip_by_value(image, 0.0, 1.0), gamma) * gain, 0.0, 1.0)
 
 
 def make_dataset(
@@ -74,6 +104,8 @@ def make_dataset(
     training: bool,
     augment_data: bool = False,
     max_scale: float = 1.5,
+    min_scale: float = 1.0,
+    strong_color: bool = False,
     cache: str = "memory",
     seed: int = 0,
     repeat: bool = False,
@@ -108,7 +140,7 @@ def make_dataset(
     if training and augment_data:
         counter = tf.data.Dataset.random(seed=seed).map(lambda x: tf.stack([x, x // 7]))
         dataset = tf.data.Dataset.zip((dataset, counter)).map(
-            lambda pair, s: augment(pair[0], pair[1], max_scale, s),
+            lambda pair, s: augment(pair[0], pair[1], max_scale, s, min_scale, strong_color),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
@@ -147,4 +179,18 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
     present[0] = False
     if present.any():
         weights[present] = np.median(freq[present]) / freq[present]
+    return weights.astype(np.float32)
+
+
+def enet_weights(counts: np.ndarray, c: float = 1.02) -> np.ndarray:
+    """ENet's w_c = 1 / ln(c + p_c), p_c the class's share of labelled pixels, scaled so the median
+    present class weighs 1 (only the ratios matter); class 0 and absent classes get 0. Bounded by
+    1 / ln(c) (~50), so a rare class cannot dominate the loss the way median frequency lets it."""
+    freq = counts.astype(np.float64) / max(1, counts[1:].sum())
+    weights = np.zeros_like(freq)
+    present = freq > 0
+    present[0] = False
+    if present.any():
+        raw = 1.0 / np.log(c + freq[present])
+        weights[present] = raw / np.median(raw)
     return weights.astype(np.float32)

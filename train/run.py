@@ -105,8 +105,8 @@ def fit(config: TrainConfig) -> dict:
     run_dir = Path(config.run_dir)
     root = Path(config.data_dir)
     labels = data_lib.resolve_labels(root, config.labels)
-    train_pairs = data_lib.list_pairs(root, config.train_split, config.max_examples)
-    val_pairs = data_lib.list_pairs(root, config.val_split, config.max_examples)
+    train_pairs = data_lib.select_pairs(root, config.train_split, config.train_prefixes, config.max_examples)
+    val_pairs = data_lib.select_pairs(root, config.val_split, config.val_prefixes, config.max_examples)
     if len(train_pairs) < config.batch_size:
         raise data_lib.DatasetError(
             f"only {len(train_pairs)} training pairs for batch size {config.batch_size}; lower batch_size"
@@ -150,7 +150,6 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     print(f"{config.architecture} {config.height}x{config.width}: {flops / 1e9:.3f} GFLOP per image,"
           f" {model.count_params():,} parameters, {len(train_pairs)} train / {len(val_pairs)} val pairs")
 
-    best_path = out_dir / "best.keras"
     keep_finished_history(out_dir, cluster.backup_dir(run_dir))
     callbacks = make_callbacks(config, cluster, run_dir, out_dir, val_pairs, spec, labels)
     started = time.perf_counter()
@@ -163,9 +162,7 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     if (out_dir / "history.csv").is_file():
         plot_curves(out_dir / "history.csv", out_dir / "training_curves.png")
 
-    best = keras.models.load_model(best_path) if best_path.is_file() else model
-    val_scores, _ = evaluate(keras_predictor(best, spec), val_pairs, labels, desc="evaluate best")
-    result = val_scores.to_dict(labels.names)
+    result = deliver(config, model, out_dir, spec, val_pairs, labels)
     epochs_run = len(history.history.get("loss", []))
     result.update({
         "architecture": config.architecture,
@@ -179,6 +176,20 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=1))
     print_table(result)
     return result
+
+
+def deliver(config: TrainConfig, model: keras.Model, out_dir: Path, spec: InputSpec, val_pairs, labels) -> dict:
+    """Save the final weights as last.keras, then score the checkpoint the config delivers (best.keras,
+    the highest val mIoU, or last.keras for a fixed schedule) on the validation pairs."""
+    last_path, best_path = out_dir / "last.keras", out_dir / "best.keras"
+    with atomic.atomic_path(last_path) as tmp:
+        model.save(tmp)
+    if config.checkpoint == "last" or not best_path.is_file():
+        delivered, path = model, last_path
+    else:
+        delivered, path = keras.models.load_model(best_path), best_path
+    scores, _ = evaluate(keras_predictor(delivered, spec), val_pairs, labels, desc=f"evaluate {path.stem}")
+    return {**scores.to_dict(labels.names), "checkpoint": str(path)}
 
 
 def keep_finished_history(out_dir: Path, backup_dir: Path) -> None:
@@ -200,10 +211,9 @@ def compute_class_weights(config: TrainConfig, train_pairs: data_lib.Pairs, labe
     """The loss's class weights as the config asks (printed), or None."""
     if config.class_weighting == "none":
         return None
-    if config.class_weighting != "median_frequency":
-        raise ValueError(f"class_weighting {config.class_weighting!r} unknown; use 'none' or 'median_frequency'")
+    rules = {"median_frequency": data_lib.median_frequency_weights, "enet": data_lib.enet_weights}
     counts = data_lib.class_frequencies(train_pairs, labels.num_classes)
-    weights = data_lib.median_frequency_weights(counts).tolist()
+    weights = rules[config.class_weighting](counts).tolist()
     print("class weights:", ", ".join(f"{n}={w:.2f}" for n, w in zip(labels.names, weights)))
     absent = [name for name, count in zip(labels.names[1:], counts[1:]) if count == 0]
     spread = max(weights) / max(min(w for w in weights[1:] if w > 0), 1e-9) if any(weights[1:]) else 0
@@ -240,7 +250,8 @@ def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs,
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     val_ds = data_lib.make_dataset(val_pairs, spec, num_classes, config.batch_size, training=False,
                                    cache=config.cache).with_options(options)
-    common = dict(augment_data=config.augment, max_scale=config.max_scale, cache=config.cache, seed=config.seed)
+    common = dict(augment_data=config.augment, max_scale=config.max_scale, min_scale=config.min_scale,
+                  strong_color=config.color_jitter == "strong", cache=config.cache, seed=config.seed)
     if cluster.kind != "multi-worker":
         train_ds = data_lib.make_dataset(train_pairs, spec, num_classes, config.batch_size, training=True, **common)
         return train_ds, val_ds, len(train_pairs) // config.batch_size
@@ -269,12 +280,14 @@ def make_callbacks(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir
     picked = sample_indices(len(val_pairs), config.sample_images)
     samples = [data_lib.load_example(val_pairs.images[i], val_pairs.masks[i], spec, labels.num_classes) for i in picked]
     sample_pixels = np.stack([prepare_pixels(read_image_rgb(val_pairs.images[i]), spec) for i in picked])
+    stopping = [] if config.checkpoint == "last" else [
+        keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience)]
     return [
         GroupBackup(cluster.backup_dir(run_dir), cluster),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
         CurvesPlot(out_dir / "history.csv", out_dir / "training_curves.png"),
         BestCheckpoint(out_dir / "best.keras", monitor="val_miou"),
-        keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience),
+        *stopping,
         keras.callbacks.TensorBoard(str(out_dir / "tensorboard")),
         PredictionGrid(out_dir / "samples", np.stack([s[0] for s in samples]), sample_pixels,
                        np.stack([s[1] for s in samples]), labels),
