@@ -17,11 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
-from edgeseg.atomic import write_text  # noqa: E402
+from edgeseg.cliapp import make_app, run  # noqa: E402
 from edgeseg.errors import EdgesegError, fail  # noqa: E402
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="Latency per model, thread count and device; `report` regenerates tables and charts.")
+app = make_app("Latency per model, thread count and device; `report` regenerates tables and charts.")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +33,9 @@ def default_results_dir() -> Path:
 
 
 
-def parse_threads(text: str) -> list[int]:
+def parse_threads(given: list[str] | str) -> list[int]:
+    """Thread counts from repeated and/or comma-separated --threads values ("1", "2" or "1,2")."""
+    text = ",".join([given] if isinstance(given, str) else given)
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -48,14 +49,16 @@ def parse_threads(text: str) -> list[int]:
 def main(
     ctx: typer.Context,
     model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="TFLite model (repeat for several)."),
-    threads: str = typer.Option("1,2", "--threads", help="Comma-separated thread counts."),
+    threads: list[str] = typer.Option(["1", "2"], "--threads", "-t", help="Inference thread counts: repeat"
+                                      " (--threads 1 --threads 2) or separate with commas (--threads 1,2)."),
     runs: int = typer.Option(200, "--runs", help="Timed runs per model and thread count."),
     warmup: int = typer.Option(20, "--warmup", help="Untimed runs first."),
     video: Optional[Path] = typer.Option(None, "--video", help="Real clip: input frame and whole-pipeline FPS."),
     keras_model: Optional[list[Path]] = typer.Option(None, "--keras",
                                                      help="Keras model for the TensorFlow baselines (repeat for several;"
                                                           " paired with the TFLite models of the same name)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write this run as JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print this run's record as JSON on stdout (the other"
+                                 " lines go to stderr)."),
     device_name: Optional[str] = typer.Option(None, "--device-name", help="Name of this device in the tables."),
     save: bool = typer.Option(True, "--save/--no-save", help="Append to RESULTS/<device>.jsonl."),
     results_dir: Optional[Path] = typer.Option(None, "--output", "-o", "--results-dir", help="Where results go (default:"
@@ -88,20 +91,20 @@ def main(
         fail(str(exc), exc.exit_code)
     ratios = measure.speedups(rows)
     for text in ratios:
-        typer.echo(text)
-    typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()))
+        typer.echo(text, err=as_json)
+    typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()), err=as_json)
     record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
               "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios, "latency": latency,
               "sustained": sustained}
-    if json_out is not None:
-        write_text(json_out, json.dumps(record, indent=1))
     if save:
         path = append_results(record, out)
         generate(out)
-        typer.echo(f"appended to {path}; tables and chart regenerated")
+        typer.echo(f"appended to {path}; tables and chart regenerated", err=as_json)
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
 
 
-def check_options(model, threads: str, runs: int, warmup: int, keras_model, sustain: float, video) -> list[int]:
+def check_options(model, threads: list[str], runs: int, warmup: int, keras_model, sustain: float, video) -> list[int]:
     """The thread counts, after every option has been checked (one error line otherwise)."""
     if not model:
         fail("no model given; pass --model path/to/model.tflite (repeat --model for several)")
@@ -214,4 +217,4 @@ def report(results_dir: Optional[Path] = typer.Option(None, "--output", "-o", "-
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(run(app))

@@ -16,11 +16,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.cliapp import make_app, run  # noqa: E402
 from edgeseg.errors import EdgesegError, fail  # noqa: E402
 from edgeseg.extras import exit_unless_installed  # noqa: E402
 from edgeseg.quiet import native_output_hidden  # noqa: E402
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 class Quantize(str, Enum):
@@ -103,4 +104,4 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(run(app))

@@ -22,10 +22,10 @@ from typing import Optional
 import typer
 
 from edgeseg.bundled import BUNDLED_MODEL, DEMO_CLIP
+from edgeseg.cliapp import make_app, run
 from edgeseg.errors import InputError, reports_errors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Real-time semantic segmentation with TFLite models (no TensorFlow needed).")
+app = make_app("Real-time semantic segmentation with TFLite models (no TensorFlow needed).", no_args_is_help=True)
 
 
 @app.callback()
@@ -229,7 +229,7 @@ class _Prepend:
 @_reports_errors
 def camera(
     model: Path = ModelOpt,
-    camera: str = typer.Option("0", "--camera", "-c", help="Camera index (0), device path (/dev/video0), or picam / picam:1"
+    camera: str = typer.Option("0", "--camera", help="Camera index (0), device path (/dev/video0), or picam / picam:1"
                                 " for a Raspberry Pi CSI camera (picamera2)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also record the overlay to this .mp4."),
     headless: bool = HeadlessOpt,
@@ -499,7 +499,7 @@ def demo(
 
 
 def main() -> None:  # console script entry point
-    app()
+    sys.exit(run(app))
 
 
 if __name__ == "__main__":

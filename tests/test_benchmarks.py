@@ -53,12 +53,12 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     import benchmarks.report as report
 
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
-    out = tmp_path / "run.json"
     result = runner.invoke(app, ["--model", str(tiny_tflite["int8"]), "--model", str(tiny_tflite["float32"]),
-                                 "--threads", "1,2", "--runs", "5", "--warmup", "1", "--json", str(out),
+                                 "--threads", "1", "-t", "2", "--runs", "5", "--warmup", "1", "--json",
                                  "--video", str(shared("video", "vtest.avi")), "--device-name", "ci box", "--no-save"])
     assert result.exit_code == 0, result.output
-    record = json.loads(out.read_text())
+    record = json.loads(result.stdout)  # --json: the record alone on stdout, the ratio lines on stderr
+    assert record["ratios"] and record["ratios"][0] in result.stderr
     assert len(record["rows"]) == 4 and len(record["pipeline"]) == 4  # per model and thread count
     row = record["rows"][0]
     for key in ("size_mb", "input", "quantization", "delegate", "init_ms", "first_ms", "mean_ms", "std_ms",
@@ -86,7 +86,7 @@ def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatc
     assert f"int8 is {ratio:.1f}x {word} than TFLite float32" in line, (line, best)
 
     report.append_results(record, tmp_path / "results")
-    # `python -m train throughput --json` keeps its own schema beside the device files: not a device.
+    # `python -m train throughput -o` keeps its own schema beside the device files: not a device.
     (tmp_path / "results" / "training-ci-box.jsonl").write_text(json.dumps({"images_per_second": 3.1}) + "\n")
     table = generate(tmp_path / "results", reports_dir=tmp_path)
     assert "| ci box | tiny_int8.tflite | int8 | 1 |" in table and "tiny: int8 is" in table

@@ -384,6 +384,22 @@ def test_edgetpu_without_the_library_is_one_clean_line(tmp_path):
     assert result.returncode == 5
 
 
+@pytest.mark.parametrize("command, fragment", [
+    (["edgeseg", "camera", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'edgetpu'; see 'python -m edgeseg camera --help'"),
+    (["edgeseg", "video"], "Missing argument 'source'; see 'python -m edgeseg video --help'"),
+    (["edgeseg", "segment"], "No such command 'segment'; see 'python -m edgeseg --help'"),
+    (["train", "--epochs", "many"], "Invalid value for '--epochs': Input should be a valid integer"),
+    (["convert", "--quantize", "int4", "--model", "m.keras"], "'int4' is not one of"),
+    (["benchmarks", "--model"], "Option '--model' requires an argument"),
+])
+def test_usage_mistakes_are_one_line_in_all_four_command_lines(command, fragment):
+    """Typos in options get the same one-line error as bad input, with where to look, exit code 2."""
+    prefix = [sys.executable, "-m", "edgeseg"] if command[0] == "edgeseg" else [sys.executable, "-m", command[0]]
+    result = subprocess.run(prefix + command[1:], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    one_error(result, fragment)
+    assert result.returncode == 2 and "Usage:" not in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Training and download
 

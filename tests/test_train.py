@@ -345,7 +345,7 @@ def test_train_cli_errors_are_one_line(tmp_path):
         (["--config", str(tmp_path / "missing.yaml")], "not found"),
         (["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r")], "does not exist"),
         (["--data-dir", str(shared("camvid")), "--architecture", "unet-lite", "--height", "100"], "nearest valid size"),
-        (["--data-dir", str(shared("camvid")), "--architecture", "resnet"], "choose one of"),
+        (["--data-dir", str(shared("camvid")), "--architecture", "resnet"], "'resnet' is not one of 'unet', 'unet-lite'"),
     ]
     # A dataset whose classes.csv lists 5 classes while its masks hold labels up to 11.
     small = tmp_path / "small"
@@ -395,11 +395,13 @@ def test_throughput_command_measures_real_training_steps(camvid, tmp_path):
 
     out = tmp_path / "throughput.jsonl"
     args = ["throughput", "--data-dir", str(camvid), "--architecture", "unet-lite", "--height", "64", "--width", "96",
-            "--batch-size", "2", "--steps", "2", "--warmup", "1", "--json", str(out)]
+            "--batch-size", "2", "--steps", "2", "--warmup", "1", "-o", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     row = json.loads(out.read_text())
     assert row["images_per_second"] > 0 and row["input_hw"] == [64, 96] and row["gflops_forward"] > 0
     assert f"{row['images_per_second']} images/s" in result.output
+    printed = CliRunner().invoke(app, args[:-2] + ["--json"])
+    assert printed.exit_code == 0 and json.loads(printed.stdout)["input_hw"] == [64, 96]
     bad = CliRunner().invoke(app, args[:-2] + ["--steps", "0"])
     assert bad.exit_code == 2 and "steps must be >= 1" in bad.output

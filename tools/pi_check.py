@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=12, help="frames of the demo clip to compare")
     parser.add_argument("--cpu", action="append", help="QEMU CPU (default: cortex-a72 = Pi 4, cortex-a76 = Pi 5)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("-o", "--output", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args(argv)
     cpus = args.cpu or ["cortex-a72", "cortex-a76"]
     if shutil.which("qemu-aarch64-static") is None:
@@ -205,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"error: pi-check could not run: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    if args.output:
+        sys.path.insert(0, str(REPO))
+        from edgeseg import atomic
+
+        atomic.write_text(args.output, json.dumps(report, indent=1))
     print("pi-check: " + ("FAILED" if failed else f"aarch64 agrees with x86 on {args.frames} frames of {CLIP.name}"))
     return 1 if failed else 0
 

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -16,13 +18,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.cliapp import make_app, run  # noqa: E402
 from edgeseg.errors import EdgesegError, fail  # noqa: E402
 from edgeseg.extras import exit_unless_installed  # noqa: E402
 from edgeseg.quiet import native_output_hidden  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  help="Train segmentation models (run with --config to train; `download` fetches ADE20K).")
+app = make_app("Train segmentation models (run with --config to train; `download` fetches ADE20K).", no_args_is_help=False)
 
+
+
+class Architecture(str, Enum):
+    """The networks `train.models` builds (the config key `architecture`)."""
+
+    unet = "unet"
+    unet_lite = "unet-lite"
 
 
 @app.callback(invoke_without_command=True)
@@ -32,7 +41,7 @@ def main(
     data_dir: Optional[str] = typer.Option(None, "--data", "--data-dir", help="Dataset root in ADE layout."),
     run_dir: Optional[str] = typer.Option(None, "--output", "-o", "--run-dir",
                                           help="Run folder (config, checkpoints, plots, logs)."),
-    architecture: Optional[str] = typer.Option(None, help="unet or unet-lite."),
+    architecture: Optional[Architecture] = typer.Option(None, help="Network (default: the config's)."),
     height: Optional[int] = typer.Option(None, help="Input height."),
     width: Optional[int] = typer.Option(None, help="Input width."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
@@ -52,8 +61,8 @@ def main(
 
     try:
         cfg = load_config(config).replace(
-            data_dir=data_dir, run_dir=run_dir, architecture=architecture, height=height, width=width,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_examples=max_examples,
+            data_dir=data_dir, run_dir=run_dir, architecture=architecture and architecture.value, height=height,
+            width=width, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_examples=max_examples,
             mixed_precision=mixed_precision, seed=seed, init_from=init_from,
         )
     except ConfigError as exc:
@@ -136,20 +145,23 @@ def throughput(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (network, size, batch, data)."),
     data_dir: Optional[str] = typer.Option(None, "--data", "--data-dir",
                                            help="Dataset root in ADE layout (a real batch is read from it)."),
-    architecture: Optional[str] = typer.Option(None, help="unet or unet-lite."),
+    architecture: Optional[Architecture] = typer.Option(None, help="Network (default: the config's)."),
     height: Optional[int] = typer.Option(None, help="Input height."),
     width: Optional[int] = typer.Option(None, help="Input width."),
     base_filters: Optional[int] = typer.Option(None, help="unet: first-level width (64 = the tutorial)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),
     steps: int = typer.Option(10, help="Timed training steps."),
     warmup: int = typer.Option(3, help="Untimed steps first (graph tracing, allocation)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON line instead of text."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also append the result as one JSON line"
+                                          " to this file."),
 ) -> None:
     """Measure training images/s of a network on this machine (printed; see README)."""
     from .config import ConfigError, load_config
 
     try:
-        cfg = load_config(config).replace(data_dir=data_dir, architecture=architecture, height=height, width=width,
+        cfg = load_config(config).replace(data_dir=data_dir, architecture=architecture and architecture.value,
+                                          height=height, width=width,
                                           base_filters=base_filters, batch_size=batch_size)
     except ConfigError as exc:
         fail(str(exc))
@@ -160,12 +172,15 @@ def throughput(
         result = measure(cfg, steps=steps, warmup=warmup)
     except ValueError as exc:
         fail(str(exc))
-    typer.echo(f"{result['architecture']} {result['input_hw'][0]}x{result['input_hw'][1]} batch {result['batch_size']}:"
-               f" {result['images_per_second']} images/s ({result['step_ms_p50']} ms/step,"
-               f" {result['gflops_forward']} GFLOP forward, ~{result['train_gflop_per_second']} GFLOP/s)")
-    if json_out is not None:
-        append(result, json_out)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"{result['architecture']} {result['input_hw'][0]}x{result['input_hw'][1]} batch"
+                   f" {result['batch_size']}: {result['images_per_second']} images/s ({result['step_ms_p50']} ms/step,"
+                   f" {result['gflops_forward']} GFLOP forward, ~{result['train_gflop_per_second']} GFLOP/s)")
+    if output is not None:
+        append(result, output)
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(run(app))
