@@ -11,16 +11,20 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import InputError
-from edgeseg.extras import import_training_objects
+from edgeseg.extras import load_keras_model
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
 from .roofline import model_ops
 
 
-def family(model_name: str) -> str:
-    """The Keras model a benchmarked file comes from: ``camvid_lite_int8.tflite`` and
-    ``camvid_lite.keras`` are both ``camvid_lite``; ``runs/x/best.keras`` is ``x``."""
-    name = model_name.split(" (")[0]
+def family(model: str | Path) -> str:
+    """The Keras model a benchmarked file comes from (the one rule for it): ``camvid_lite_int8.tflite``
+    and ``camvid_lite.keras`` are both ``camvid_lite``; a run's ``runs/x/best.keras`` (or last.keras)
+    is ``x``. Takes a path or a row's model name."""
+    path = Path(str(model).split(" (")[0])
+    if path.name in ("best.keras", "last.keras") and path.parent.name:
+        return path.parent.name
+    name = path.name
     for suffix in (".tflite", "_edgetpu", ".failed", ".keras"):
         name = name.removesuffix(suffix)
     for mode in ("_int8", "_float16", "_float32", "_int16x8"):
@@ -235,14 +239,12 @@ class _HostOnly:
 
 def bench_keras(keras_path: Path, frame: np.ndarray, runs: int, warmup: int) -> list[dict]:
     """The tutorial's way (model.predict per frame) and a compiled tf.function call."""
-    import keras
     import tensorflow as tf
 
-    import_training_objects()
     from edgeseg.preprocess import InputSpec, preprocess
 
-    model = keras.models.load_model(keras_path, compile=False)
-    keras_family = keras_path.parent.name if keras_path.stem == "best" else keras_path.stem
+    model = load_keras_model(keras_path)
+    keras_family = family(keras_path)
     height, width = model.inputs[0].shape[1:3]
     batch = preprocess(frame, InputSpec(height, width), bgr=True)[np.newaxis]
     compiled = tf.function(lambda x: model(x, training=False), jit_compile=False)

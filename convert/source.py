@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgeseg.errors import UsageError
-from edgeseg.extras import import_training_objects
+from edgeseg.extras import load_keras_model
 from edgeseg.labels import LabelSet, builtin_for
 
 
@@ -150,9 +150,7 @@ def load_source(path: Path) -> SourceModel:
     if path.suffix not in (".keras", ".h5"):
         raise ConvertError(f"{path} is not a Keras model (.keras) or SavedModel folder; pass RUN/best.keras")
     try:
-        import_training_objects()
-
-        model = as_float32(keras.models.load_model(path, compile=False))
+        model = as_float32(load_keras_model(path))
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ConvertError(f"{path} could not be loaded as a Keras model ({exc.__class__.__name__});"
                            " pass a .keras file saved by `python -m train`") from exc

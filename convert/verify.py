@@ -12,12 +12,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from edgeseg.dataset import Pairs, read_image_rgb, read_mask
+from edgeseg.dataset import Pairs
+from edgeseg.evaluate import Tally, labelled_pairs
 from edgeseg.labels import LabelSet
-from edgeseg.metrics import confusion_matrix, scores
-from edgeseg.preprocess import InputSpec, preprocess, resize_mask
+from edgeseg.preprocess import InputSpec, preprocess
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
 from .source import SourceModel
@@ -47,11 +46,12 @@ def grid_diagnostic(logits: np.ndarray, scale: float, zero_point: int, dtype: st
 
 @dataclass
 class _Tally:
-    """What `verify` accumulates over the evaluation images."""
+    """What `verify` accumulates over the evaluation images (scored with `edgeseg.evaluate.Tally`,
+    like `edgeseg eval`)."""
 
     n: int
-    keras_matrix: np.ndarray = None
-    tflite_matrix: np.ndarray = None
+    keras: Tally = None
+    tflite: Tally = None
     agree: int = 0
     total: int = 0
     grid_kept: int = 0
@@ -61,14 +61,13 @@ class _Tally:
     latencies: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.keras_matrix = np.zeros((self.n, self.n), np.int64)
-        self.tflite_matrix = np.zeros((self.n, self.n), np.int64)
+        self.keras, self.tflite = Tally(self.n), Tally(self.n)
 
     def add(self, truth: np.ndarray, keras_classes: np.ndarray, tflite_classes: np.ndarray) -> None:
         self.agree += int(np.count_nonzero(keras_classes == tflite_classes))
         self.total += keras_classes.size
-        self.keras_matrix += confusion_matrix(truth, resize_mask(keras_classes, truth.shape), self.n)
-        self.tflite_matrix += confusion_matrix(truth, resize_mask(tflite_classes, truth.shape), self.n)
+        self.keras.add(truth, keras_classes)
+        self.tflite.add(truth, tflite_classes)
 
 
 def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet, spec: InputSpec,
@@ -86,15 +85,12 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
     output = segmenter.info.output
     on_grid = segmenter.info.output_kind == "scores" and output.quantized
     tally = _Tally(labels.num_classes)
-    for image_path, mask_path in tqdm(list(zip(pairs.images, pairs.masks)), desc=f"verify {name or model_path.name}",
-                                      unit="img", leave=False, disable=None):
-        image = read_image_rgb(image_path)
+    for image, truth in labelled_pairs(pairs, labels, desc=f"verify {name or model_path.name}"):
         logits = source.predict(preprocess(image, spec)[np.newaxis])[0]
         started = time.perf_counter()
         raw = segmenter.infer(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         tally.latencies.append((time.perf_counter() - started) * 1000)
-        tally.add(read_mask(mask_path, labels.num_classes), np.argmax(logits, axis=-1).astype(np.uint8),
-                  segmenter.classes(raw))
+        tally.add(truth, np.argmax(logits, axis=-1).astype(np.uint8), segmenter.classes(raw))
         if on_grid:
             kept, close = grid_diagnostic(logits.astype(np.float32), output.scale, output.zero_point, output.dtype)
             tally.grid_kept += kept
@@ -103,7 +99,7 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
             error = np.abs(_softmax(segmenter.scores(raw)) - _softmax(logits.astype(np.float32)))
             tally.prob_errors.append(float(error.mean()))
             tally.prob_max = max(tally.prob_max, float(error.max()))
-    keras_scores, tflite_scores = scores(tally.keras_matrix), scores(tally.tflite_matrix)
+    keras_scores, tflite_scores = tally.keras.scores(), tally.tflite.scores()
     total = max(1, tally.total)
     return {
         "images": len(pairs),

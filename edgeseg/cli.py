@@ -15,7 +15,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +22,7 @@ import typer
 
 from edgeseg.bundled import BUNDLED_MODEL, DEMO_CLIP
 from edgeseg.cliapp import make_app, run
+from edgeseg.segmenter import Device
 from edgeseg.errors import InputError, reports_errors
 
 app = make_app("Real-time semantic segmentation with TFLite models (no TensorFlow needed).", no_args_is_help=True)
@@ -34,12 +34,6 @@ def _options(verbose: bool = typer.Option(False, "--verbose", help="Also show th
     from edgeseg.quiet import set_verbose
 
     set_verbose(verbose)
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    edgetpu = "edgetpu"
 
 
 _reports_errors = reports_errors  # every command: one error line, its exit code, no traceback
@@ -319,6 +313,7 @@ def image(
     reported on its own line and the others are still done; the exit code says if any failed."""
     import numpy as np
 
+    from edgeseg.dataset import read_image
     from edgeseg.overlay import render
     from edgeseg.pipeline import label_shares
     from edgeseg.segmenter import upscale
@@ -330,7 +325,7 @@ def image(
     failed = 0
     for path, name in zip(paths, unique_names(paths)):
         try:
-            frame = _read_image(path)
+            frame = read_image(path)
         except InputError as exc:
             _error(str(exc))
             failed += 1
@@ -385,32 +380,6 @@ def unique_names(paths: list[Path]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return unique
-
-
-def _read_image(path: Path):
-    """Read any image as 8-bit BGR: grey, RGBA, 16-bit and CMYK JPEGs are converted."""
-    import cv2
-    import numpy as np
-
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; pass it alone to segment all its images, or name image files")
-    if not path.is_file():
-        raise InputError(f"image {path} does not exist; check the path")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        raise InputError(f"image {path} is empty (0 bytes); pass a real image file")
-    frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if frame is None:
-        raise InputError(f"{path} is not an image OpenCV can read; convert it to PNG or JPEG")
-    if frame.dtype == np.uint16:
-        frame = (frame >> 8).astype(np.uint8)  # 16-bit: keep the 8 most significant bits
-    elif frame.dtype != np.uint8:
-        raise InputError(f"{path} has {frame.dtype} pixels; save it as an 8- or 16-bit PNG or a JPEG")
-    if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    elif frame.shape[2] == 4:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    return frame
 
 
 @app.command("eval")

@@ -113,17 +113,38 @@ def resolve_labels(root: Path, name: str = "auto") -> LabelSet:
     return read_classes_csv(csv_path) if csv_path.is_file() else ADE20K
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 ``(H, W, 3)``; grey, RGBA and 16-bit are converted.
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image file as 8-bit BGR ``(H, W, 3)``, the one image reader of the runtime, `eval`,
+    training and calibration: grey, RGBA, 16-bit and CMYK JPEGs are converted.
 
     Raises:
-        DatasetError: the file is empty or not an image.
+        DatasetError: a folder, a missing or empty file, or not an image (an `InputError`: exit code 3).
     """
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder; pass it alone to segment all its images, or name image files")
+    if not path.is_file():
+        raise DatasetError(f"image {path} does not exist; check the path")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise DatasetError(f"{path} is not a readable image; remove it or replace it with a JPEG/PNG")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if data.size == 0:
+        raise DatasetError(f"image {path} is empty (0 bytes); replace it with a real image file")
+    frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if frame is None:
+        raise DatasetError(f"{path} is not an image OpenCV can read; replace it with a PNG or JPEG")
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)  # 16-bit: keep the 8 most significant bits
+    elif frame.dtype != np.uint8:
+        raise DatasetError(f"{path} has {frame.dtype} pixels; save it as an 8- or 16-bit PNG or a JPEG")
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """`read_image` as RGB (what the training pipeline and calibration hold)."""
+    return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: str | Path, num_classes: int) -> np.ndarray:

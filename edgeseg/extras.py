@@ -46,3 +46,12 @@ def import_training_objects() -> None:
             if exc.name not in (package, package.split(".")[0], f"{package}.losses"):
                 raise
     raise MissingExtra("the training code is not importable; run from a checkout or install edgeseg[train]")
+
+
+def load_keras_model(path):
+    """The one way a training checkpoint is loaded (init_from, delivery, convert, benchmarks): train's
+    custom objects registered, no optimizer or loss restored (`compile=False`)."""
+    import keras
+
+    import_training_objects()
+    return keras.models.load_model(path, compile=False)

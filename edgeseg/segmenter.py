@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,15 @@ from edgeseg.metadata import MetadataError, ModelMetadata, read_metadata
 from edgeseg.preprocess import InputSpec, cv_lut, normalize, prepare_pixels
 
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
-DEVICES = ("auto", "cpu", "edgetpu")
+class Device(str, Enum):
+    """Where inference runs: the Edge TPU when a *_edgetpu model and its library are there (auto)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    edgetpu = "edgetpu"
+
+
+DEVICES = tuple(device.value for device in Device)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.dataset import list_images
+from edgeseg.dataset import list_images, read_image
 from edgeseg.errors import InputError
 
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
@@ -135,9 +135,10 @@ class ImageFolderSource(FrameSource):
                 return None
             path = self._paths[self._index]
             self._index += 1
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
-                self.skipped.append(f"{path} is not a readable image (skipped); fix or remove it")
+            try:
+                frame = read_image(path)
+            except InputError as exc:
+                self.skipped.append(f"{exc} (skipped)")
         if self._size is None:
             self._size = frame.shape[:2]
         elif frame.shape[:2] != self._size:

@@ -90,7 +90,7 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes(cluster_dirs):
     assert list((run_dir / "samples").glob("epoch_*.png")) and (run_dir / "tensorboard").is_dir()
     assert not (run_dir / "backup").exists()
     assert list(scratch.glob("edgeseg-*")) == []
-    assert history_epochs(run_dir) == [0, 1]
+    assert history_epochs(run_dir) == [1, 2]
     # Synchronous training: both workers end with the very same weights (BatchNorm statistics included).
     first, second = digests(logs / "worker0.log"), digests(logs / "worker1.log")
     assert len(first) == 1 and first == second
@@ -126,7 +126,7 @@ def test_a_killed_worker_stops_the_other_and_both_resume(cluster_dirs):
     chief_log = (logs / "worker0.log").read_text(errors="replace")
     assert codes == [0, 0], chief_log[-3000:]
     assert f"resuming from the backup of epoch {len(finished)}" in chief_log
-    assert history_epochs(run_dir) == list(range(6))  # nothing repeated, nothing skipped
+    assert history_epochs(run_dir) == list(range(1, 7))  # nothing repeated, nothing skipped
     assert not (run_dir / "backup").exists() and list(scratch.glob("edgeseg-*")) == []
     first, second = digests(logs / "worker0.log"), digests(logs / "worker1.log")
     assert first and first[-1] == second[-1]

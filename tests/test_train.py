@@ -335,7 +335,7 @@ def test_training_killed_mid_run_resumes_where_it_stopped(tmp_path, camvid):
     assert result.returncode == 0, result.stderr[-2000:]
     with open(history) as handle:
         epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
-    assert epochs == list(range(4)), epochs  # no epoch repeated or skipped: at most the running one lost
+    assert epochs == [1, 2, 3, 4], epochs  # counted from 1; no epoch repeated or skipped: at most the running one lost
     assert not (run_dir / "backup").exists()  # removed after a completed run
 
 

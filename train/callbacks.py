@@ -73,6 +73,14 @@ class PredictionGrid(keras.callbacks.Callback):
         write_image(self.out_dir / f"epoch_{epoch + 1:03d}.png", grid)
 
 
+class EpochLog(keras.callbacks.CSVLogger):
+    """Keras's CSV log with epochs counted from 1, as the console, the samples and best.keras.json
+    count them (resumes append, so a restarted run continues the same numbering)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
 def plot_curves(history_csv: Path, out_png: Path) -> None:
     """Loss and mIoU / pixel accuracy per epoch, train and validation, as a PNG."""
     import matplotlib
@@ -84,7 +92,8 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
         rows = list(csv.DictReader(handle))
     if not rows:
         return
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    first = 1 if int(rows[0]["epoch"]) == 0 else 0  # histories before 2026-11-29 counted epochs from 0
+    epochs = [int(r["epoch"]) + first for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, style in (("loss", "-"), ("val_loss", "--")):
         if key in rows[0]:

@@ -15,9 +15,10 @@ import tensorflow as tf
 from edgeseg import atomic
 from edgeseg.dataset import read_image_rgb
 from edgeseg.evaluate import evaluate
+from edgeseg.extras import load_keras_model
 from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
 from . import data as data_lib
-from .callbacks import BestCheckpoint, CurvesPlot, PredictionGrid, plot_curves
+from .callbacks import BestCheckpoint, CurvesPlot, EpochLog, PredictionGrid, plot_curves
 from .config import TrainConfig
 from .distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
 from .losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy
@@ -80,7 +81,7 @@ def init_weights(model: keras.Model, source: Path) -> None:
     if not source.is_file():
         raise ValueError(f"init_from model {source} not found; pass an existing .keras file or leave init_from empty")
     try:
-        saved = keras.models.load_model(source, compile=False)
+        saved = load_keras_model(source)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
         raise ValueError(f"init_from model {source} cannot be loaded ({exc.__class__.__name__});"
                          " pass a .keras file saved by `python -m train`") from exc
@@ -187,7 +188,7 @@ def deliver(config: TrainConfig, model: keras.Model, out_dir: Path, spec: InputS
     if config.checkpoint == "last" or not best_path.is_file():
         delivered, path = model, last_path
     else:
-        delivered, path = keras.models.load_model(best_path), best_path
+        delivered, path = load_keras_model(best_path), best_path
     scores, _ = evaluate(keras_predictor(delivered, spec), val_pairs, labels, desc=f"evaluate {path.stem}")
     return {**scores.to_dict(labels.names), "checkpoint": str(path)}
 
@@ -284,7 +285,7 @@ def make_callbacks(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir
         keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience)]
     return [
         GroupBackup(cluster.backup_dir(run_dir), cluster),
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        EpochLog(str(out_dir / "history.csv"), append=True),
         CurvesPlot(out_dir / "history.csv", out_dir / "training_curves.png"),
         BestCheckpoint(out_dir / "best.keras", monitor="val_miou"),
         *stopping,
