@@ -99,20 +99,20 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
             error = np.abs(_softmax(segmenter.scores(raw)) - _softmax(logits.astype(np.float32)))
             tally.prob_errors.append(float(error.mean()))
             tally.prob_max = max(tally.prob_max, float(error.max()))
-    keras_scores, tflite_scores = tally.keras.scores(), tally.tflite.scores()
+    keras_acc, tflite_acc = tally.keras.accuracy(), tally.tflite.accuracy()
     total = max(1, tally.total)
     return {
         "images": len(pairs),
         "agreement": tally.agree / total,
-        "miou_keras": keras_scores.miou,
-        "miou_tflite": tflite_scores.miou,
-        "miou_drop": keras_scores.miou - tflite_scores.miou,
-        "pixel_accuracy_keras": keras_scores.pixel_accuracy,
-        "pixel_accuracy_tflite": tflite_scores.pixel_accuracy,
+        "miou_keras": keras_acc.miou,
+        "miou_tflite": tflite_acc.miou,
+        "miou_drop": keras_acc.miou - tflite_acc.miou,
+        "pixel_accuracy_keras": keras_acc.pixel_accuracy,
+        "pixel_accuracy_tflite": tflite_acc.pixel_accuracy,
         "prob_error_mean": float(np.mean(tally.prob_errors)) if tally.prob_errors else None,
         "prob_error_max": tally.prob_max if tally.prob_errors else None,
         "latency_ms_median": float(np.median(tally.latencies)) if tally.latencies else None,
-        "per_class_iou": _per_class(keras_scores, tflite_scores, labels),
+        "per_class_iou": _per_class(keras_acc, tflite_acc, labels),
         # Quantised score outputs only: the agreement ceiling of the output grid (see grid_diagnostic).
         "output_step": output.scale if on_grid else None,
         "grid_ceiling": tally.grid_kept / total if on_grid else None,
@@ -123,11 +123,11 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
     }
 
 
-def _per_class(keras_scores, tflite_scores, labels: LabelSet) -> dict:
+def _per_class(keras_acc, tflite_acc, labels: LabelSet) -> dict:
     """{class: {keras, tflite, diff}} IoU for the classes either model scored."""
     per_class = {}
     for index in range(1, labels.num_classes):
-        k, t = keras_scores.per_class_iou[index], tflite_scores.per_class_iou[index]
+        k, t = keras_acc.per_class_iou[index], tflite_acc.per_class_iou[index]
         if not (np.isnan(k) and np.isnan(t)):
             per_class[labels.names[index]] = {
                 "keras": None if np.isnan(k) else round(float(k), 4),

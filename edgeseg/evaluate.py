@@ -1,7 +1,7 @@
 """Evaluate any predictor on a dataset in ADE layout with the shared metrics.
 
 The prediction at network resolution is upscaled to each annotation's own size with nearest
-neighbour, so scores are measured on the original labels (the benchmark protocol) and a
+neighbour, so accuracy is measured on the original labels (the benchmark protocol) and a
 Keras model, a float TFLite model and an int8 TFLite model are all scored the same way.
 """
 
@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from edgeseg.dataset import DatasetError, Pairs, read_image_rgb, read_mask
 from edgeseg.labels import LabelSet
-from edgeseg.metrics import Scores, confusion_matrix, scores
+from edgeseg.metrics import Accuracy, accuracy, confusion_matrix
 from edgeseg.preprocess import resize_mask
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -44,18 +44,18 @@ class Tally:
     def add(self, truth: np.ndarray, classes: np.ndarray) -> None:
         self.matrix += confusion_matrix(truth, resize_mask(classes, truth.shape), len(self.matrix))
 
-    def scores(self) -> Scores:
-        return scores(self.matrix)
+    def accuracy(self) -> Accuracy:
+        return accuracy(self.matrix)
 
 
 def evaluate(predict: Predictor, pairs: Pairs, labels: LabelSet, progress: bool = True,
-             desc: str = "evaluate") -> tuple[Scores, np.ndarray]:
+             desc: str = "evaluate") -> tuple[Accuracy, np.ndarray]:
     """Run `predict` on every pair and score it.
 
     Returns:
-        The scores and the confusion matrix (rows = truth, columns = prediction).
+        The accuracy and the confusion matrix (rows = truth, columns = prediction).
     """
     tally = Tally(labels.num_classes)
     for image, truth in labelled_pairs(pairs, labels, desc, progress):
         tally.add(truth, predict(image))
-    return tally.scores(), tally.matrix
+    return tally.accuracy(), tally.matrix

@@ -1,4 +1,4 @@
-"""Segmentation scores from a confusion matrix: mIoU, pixel accuracy, per-class IoU.
+"""Segmentation accuracy from a confusion matrix: mIoU, pixel accuracy, per-class IoU.
 
 The ADE20K protocol: pixels labelled 0 ("not labelled") are left out entirely; a labelled pixel
 predicted as 0 counts as a miss. The mean IoU averages the classes 1..N-1 that occur in the
@@ -38,8 +38,8 @@ def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int
 
 
 @dataclass(frozen=True)
-class Scores:
-    """Scores of one evaluated set.
+class Accuracy:
+    """Accuracy of one evaluated set (what `accuracy` computes from a confusion matrix).
 
     Attributes:
         miou: mean IoU over the present classes, 0..1.
@@ -68,8 +68,9 @@ class Scores:
         }
 
 
-def scores(matrix: np.ndarray) -> Scores:
-    """Compute `Scores` from a confusion matrix made by `confusion_matrix`."""
+def accuracy(matrix: np.ndarray) -> Accuracy:
+    """mIoU, pixel accuracy and per-class IoU from a confusion matrix made by `confusion_matrix`
+    ('scores' elsewhere means a model's per-class outputs, the logits)."""
     matrix = matrix.astype(np.float64)
     true_positive = np.diag(matrix)
     union = matrix.sum(axis=0) + matrix.sum(axis=1) - true_positive
@@ -78,7 +79,7 @@ def scores(matrix: np.ndarray) -> Scores:
     iou[IGNORE_INDEX] = np.nan
     total = matrix.sum()
     present = iou[~np.isnan(iou)]
-    return Scores(
+    return Accuracy(
         miou=float(present.mean()) if present.size else 0.0,
         pixel_accuracy=float(true_positive.sum() / total) if total else 0.0,
         per_class_iou=iou,

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from edgeseg.metrics import confusion_matrix, scores
+from edgeseg.metrics import accuracy, confusion_matrix
 
 
-def test_confusion_matrix_and_scores_by_hand():
+def test_confusion_matrix_and_accuracy_by_hand():
     truth = np.array([[0, 1, 1], [2, 2, 2], [1, 0, 2]])
     pred = np.array([[2, 1, 2], [2, 2, 1], [1, 1, 0]])
     matrix = confusion_matrix(truth, pred, 3)
@@ -14,7 +14,7 @@ def test_confusion_matrix_and_scores_by_hand():
     # Class 2 truth at (1,0),(1,1),(1,2),(2,2) -> pred 2,2,1,0.
     expected = np.array([[0, 0, 0], [0, 2, 1], [1, 1, 2]])
     np.testing.assert_array_equal(matrix, expected)
-    result = scores(matrix)
+    result = accuracy(matrix)
     # IoU1 = 2 / (2 + 1 + 1) = 0.5 ; IoU2 = 2 / (2 + 2 + 1) = 0.4 ; class 0 never scored.
     assert result.per_class_iou[1] == pytest.approx(0.5)
     assert result.per_class_iou[2] == pytest.approx(0.4)
@@ -26,7 +26,7 @@ def test_confusion_matrix_and_scores_by_hand():
 
 def test_absent_classes_do_not_count_and_bad_labels_are_refused():
     truth = np.array([1, 1, 3, 3])
-    result = scores(confusion_matrix(truth, truth, 5))
+    result = accuracy(confusion_matrix(truth, truth, 5))
     assert result.miou == 1.0 and np.isnan(result.per_class_iou[2]) and np.isnan(result.per_class_iou[4])
     with pytest.raises(ValueError, match="only 3 classes"):
         confusion_matrix(np.array([1, 5]), np.array([1, 1]), 3)
@@ -47,7 +47,7 @@ def test_keras_streaming_metrics_equal_the_numpy_ones():
         miou.update_state(truth, logits)
         accuracy.update_state(truth, logits)
         total += confusion_matrix(truth, logits.argmax(-1), 6)
-    reference = scores(total)
+    reference = accuracy(total)
     assert float(miou.result()) == pytest.approx(reference.miou, abs=1e-6)
     assert float(accuracy.result()) == pytest.approx(reference.pixel_accuracy, abs=1e-6)
 

@@ -51,7 +51,7 @@ def _replicas_in_sync() -> float:
 class ConfusionMatrixMetric(keras.metrics.Metric):
     """Streaming confusion matrix over labelled pixels; subclasses read a score off it.
 
-    Same definitions as `edgeseg.metrics.scores` (checked against it in the tests).
+    Same definitions as `edgeseg.metrics.accuracy` (checked against it in the tests).
     """
 
     def __init__(self, num_classes: int, name: str, **kwargs):

@@ -189,8 +189,8 @@ def deliver(config: TrainConfig, model: keras.Model, out_dir: Path, spec: InputS
         delivered, path = model, last_path
     else:
         delivered, path = load_keras_model(best_path), best_path
-    scores, _ = evaluate(keras_predictor(delivered, spec), val_pairs, labels, desc=f"evaluate {path.stem}")
-    return {**scores.to_dict(labels.names), "checkpoint": str(path)}
+    measured, _ = evaluate(keras_predictor(delivered, spec), val_pairs, labels, desc=f"evaluate {path.stem}")
+    return {**measured.to_dict(labels.names), "checkpoint": str(path)}
 
 
 def keep_finished_history(out_dir: Path, backup_dir: Path) -> None:
