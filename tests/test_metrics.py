@@ -38,18 +38,18 @@ def test_keras_streaming_metrics_equal_the_numpy_ones():
     from train.losses import MeanIoU, PixelAccuracy
 
     rng = np.random.default_rng(3)
-    miou, accuracy = MeanIoU(6), PixelAccuracy(6)
+    miou, pixel_accuracy = MeanIoU(6), PixelAccuracy(6)
     total = np.zeros((6, 6), np.int64)
     for _ in range(3):
         truth = rng.integers(0, 6, (2, 16, 24))
         logits = rng.normal(size=(2, 16, 24, 6)).astype(np.float32)
         logits[..., 2] += 0.7  # a bias so the classes are not uniform
         miou.update_state(truth, logits)
-        accuracy.update_state(truth, logits)
+        pixel_accuracy.update_state(truth, logits)
         total += confusion_matrix(truth, logits.argmax(-1), 6)
     reference = accuracy(total)
     assert float(miou.result()) == pytest.approx(reference.miou, abs=1e-6)
-    assert float(accuracy.result()) == pytest.approx(reference.pixel_accuracy, abs=1e-6)
+    assert float(pixel_accuracy.result()) == pytest.approx(reference.pixel_accuracy, abs=1e-6)
 
 
 def test_masked_loss_ignores_unlabelled_pixels_and_weights_classes():
