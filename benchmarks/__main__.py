@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -70,13 +71,23 @@ def main(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    thread_counts = check_options(model, threads, runs, warmup, keras_model, sustain, video)
+    out = results_dir or default_results_dir()
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():  # --json: stdout = JSON
+        record = run_all(model, thread_counts, video, runs, warmup, keras_model, device_name, sustain, realtime, out,
+                         save)
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
+
+
+def run_all(model, thread_counts, video, runs, warmup, keras_model, device_name, sustain, realtime, out,
+            save) -> dict:
+    """Every measurement the options ask for, printed as it comes, saved as one record (returned)."""
     from . import measure
     from .fingerprint import fingerprint, governor_warning
     from .report import append_results, generate
     from .roofline import measure_peak
 
-    thread_counts = check_options(model, threads, runs, warmup, keras_model, sustain, video)
-    out = results_dir or default_results_dir()
     try:
         facts = fingerprint(device_name)
         warning = governor_warning(facts)
@@ -91,17 +102,16 @@ def main(
         fail(str(exc), exc.exit_code)
     ratios = measure.speedups(rows)
     for text in ratios:
-        typer.echo(text, err=as_json)
-    typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()), err=as_json)
+        typer.echo(text)
+    typer.echo("peak: " + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.items()))
     record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "fingerprint": facts,
               "peak_gops": peaks, "rows": rows, "pipeline": pipeline, "ratios": ratios, "latency": latency,
               "sustained": sustained}
     if save:
         path = append_results(record, out)
         generate(out)
-        typer.echo(f"appended to {path}; tables and chart regenerated", err=as_json)
-    if as_json:
-        typer.echo(json.dumps(record, indent=1))
+        typer.echo(f"appended to {path}; tables and chart regenerated")
+    return record
 
 
 def check_options(model, threads: list[str], runs: int, warmup: int, keras_model, sustain: float, video) -> list[int]:

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from edgeseg.quiet import native_output_hidden
@@ -47,9 +48,72 @@ MODES: dict[str, Mode] = {
 IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
 
 
+# Graph rewrites applied on the way to TFLite (the Keras model itself is never changed).
+
+class ClassMap(keras.layers.Layer):
+    """ArgMax over classes -> uint8 class map, as the builtin TFLite ARG_MAX op.
+
+    `keras.ops.argmax` lowers to extra bitwise ops on the TF backend that TFLite has no builtin
+    kernel for, so the TF op is used directly.
+    """
+
+    def call(self, logits):
+        return tf.cast(tf.math.argmax(logits, axis=-1, output_type=tf.int32), tf.uint8)
+
+
+class ResizeNearest(keras.layers.Layer):
+    """UpSampling2D(interpolation="nearest") as one RESIZE_NEAREST_NEIGHBOR op with static shapes.
+
+    Keras 3 lowers UpSampling2D to EXPAND_DIMS/TILE/SHAPE/STRIDED_SLICE/RESHAPE with shapes only
+    known at run time; the Edge TPU compiler maps neither TILE nor SHAPE nor dynamic shapes, so
+    everything after the first upsampling would fall back to the CPU. Same values, exactly.
+    """
+
+    def __init__(self, size=(2, 2), **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(size)
+
+    def call(self, x):
+        height, width = x.shape[1] * self.size[0], x.shape[2] * self.size[1]
+        return tf.image.resize(x, (height, width), method="nearest")
+
+
+def with_static_upsampling(model: keras.Model) -> keras.Model:
+    """A copy of `model` (same weights) whose nearest UpSampling2D layers are `ResizeNearest`."""
+
+    def is_nearest(layer) -> bool:
+        return isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
+
+    if not any(is_nearest(layer) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if is_nearest(layer):
+            return ResizeNearest(layer.size, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def tflite_converter(source: SourceModel, argmax: bool = False, static_shapes: bool = False) -> tf.lite.TFLiteConverter:
+    """A fresh TFLite converter for `source`; with `argmax`, the model ends in ArgMax -> uint8 class
+    map; with `static_shapes` (Edge TPU), nearest upsampling becomes RESIZE_NEAREST_NEIGHBOR."""
+    if source.keras_model is None:
+        if argmax:
+            raise ConvertError("--argmax needs a .keras model (a SavedModel's graph cannot be extended here)")
+        return tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir))
+    model = with_static_upsampling(source.keras_model) if static_shapes else source.keras_model
+    if argmax:
+        classes = ClassMap(name="class_map")(model.outputs[0])
+        model = keras.Model(model.inputs, classes, name=f"{model.name}_argmax")
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
 def make_converter(source: SourceModel, mode: Mode, io_type: str, representative, argmax: bool,
                    edgetpu: bool = False):
-    converter = source.converter(argmax=argmax, static_shapes=edgetpu)
+    converter = tflite_converter(source, argmax=argmax, static_shapes=edgetpu)
     if mode.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode.supported_types:

@@ -21,53 +21,6 @@ class ConvertError(UsageError, ValueError):
     """Bad input to the converter; the message says how to fix it."""
 
 
-class ClassMap(keras.layers.Layer):
-    """ArgMax over classes -> uint8 class map, as the builtin TFLite ARG_MAX op.
-
-    `keras.ops.argmax` lowers to extra bitwise ops on the TF backend that TFLite has no builtin
-    kernel for, so the TF op is used directly.
-    """
-
-    def call(self, logits):
-        return tf.cast(tf.math.argmax(logits, axis=-1, output_type=tf.int32), tf.uint8)
-
-
-class ResizeNearest(keras.layers.Layer):
-    """UpSampling2D(interpolation="nearest") as one RESIZE_NEAREST_NEIGHBOR op with static shapes.
-
-    Keras 3 lowers UpSampling2D to EXPAND_DIMS/TILE/SHAPE/STRIDED_SLICE/RESHAPE with shapes only
-    known at run time; the Edge TPU compiler maps neither TILE nor SHAPE nor dynamic shapes, so
-    everything after the first upsampling would fall back to the CPU. Same values, exactly.
-    """
-
-    def __init__(self, size=(2, 2), **kwargs):
-        super().__init__(**kwargs)
-        self.size = tuple(size)
-
-    def call(self, x):
-        height, width = x.shape[1] * self.size[0], x.shape[2] * self.size[1]
-        return tf.image.resize(x, (height, width), method="nearest")
-
-
-def with_static_upsampling(model: keras.Model) -> keras.Model:
-    """A copy of `model` (same weights) whose nearest UpSampling2D layers are `ResizeNearest`."""
-
-    def is_nearest(layer) -> bool:
-        return isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
-
-    if not any(is_nearest(layer) for layer in model.layers):
-        return model
-
-    def clone(layer):
-        if is_nearest(layer):
-            return ResizeNearest(layer.size, name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def as_float32(model: keras.Model) -> keras.Model:
     """A float32 copy (same weights) of a model trained with mixed precision, else `model` itself.
 
@@ -98,19 +51,6 @@ class SourceModel:
     predict: Callable[[np.ndarray], np.ndarray]  # float32 (N, H, W, 3) -> logits (N, H, W, C)
     keras_model: keras.Model | None
     saved_model_dir: Path | None = None
-
-    def converter(self, argmax: bool = False, static_shapes: bool = False) -> tf.lite.TFLiteConverter:
-        """A fresh TFLite converter; with `argmax`, the model ends in ArgMax -> uint8 class map;
-        with `static_shapes` (Edge TPU), nearest upsampling becomes RESIZE_NEAREST_NEIGHBOR."""
-        if self.keras_model is None:
-            if argmax:
-                raise ConvertError("--argmax needs a .keras model (a SavedModel's graph cannot be extended here)")
-            return tf.lite.TFLiteConverter.from_saved_model(str(self.saved_model_dir))
-        model = with_static_upsampling(self.keras_model) if static_shapes else self.keras_model
-        if argmax:
-            classes = ClassMap(name="class_map")(model.outputs[0])
-            model = keras.Model(model.inputs, classes, name=f"{model.name}_argmax")
-        return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
 def _sha256(path: Path) -> str:

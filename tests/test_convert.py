@@ -187,8 +187,8 @@ def test_a_savedmodel_folder_converts_like_the_keras_file(tiny_run, camvid, tmp_
 
 
 def test_static_upsampling_is_exact_and_the_plain_export_is_not_edgetpu_ready(tiny_keras, tiny_run, camvid):
-    from convert.export import convert, ops_outside_edgetpu
-    from convert.source import load_source, with_static_upsampling
+    from convert.export import convert, ops_outside_edgetpu, with_static_upsampling
+    from convert.source import load_source
 
     frames = np.random.default_rng(0).random((2, 64, 96, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(with_static_upsampling(tiny_keras)(frames)),
