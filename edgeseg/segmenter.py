@@ -191,14 +191,14 @@ class Segmenter:
     def _set_input_conversion(self, in_info: "TensorInfo") -> None:
         """How `prepare` turns uint8 pixels into the input's dtype."""
         self._in_dtype = np.dtype(in_info.dtype)
-        self._lut = _quantize_lut(self.spec, in_info) if in_info.quantized else None
+        self._lut = quantize_lut(self.spec, in_info) if in_info.quantized else None
         # OpenCV's LUT does the per-pixel lookup faster than numpy indexing; it takes 8-bit tables.
         self._lut_cv = None
         if self._lut is not None and self._lut.dtype in (np.int8, np.uint8):
             self._lut_cv = cv_lut(self._lut)
         # The usual quantisation (pixels / 255, scale 1/255, zero point -128 or 0) maps each byte to
         # itself plus a constant modulo 256: one 8-bit add (or nothing) does the lookup's work.
-        self._byte_offset = _byte_offset(self._lut) if self._lut is not None else None
+        self._byte_offset = byte_offset(self._lut) if self._lut is not None else None
 
     def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Frame -> model input tensor ``(1, H, W, 3)`` in the input's own dtype.
@@ -290,7 +290,7 @@ def argmax_channels(raw: np.ndarray) -> np.ndarray:
     return ((1 << KEY_BITS) - 1 - best).astype(np.uint8)
 
 
-def _byte_offset(lut: np.ndarray) -> int | None:
+def byte_offset(lut: np.ndarray) -> int | None:
     """The constant ``k`` with ``lut[v] == (v + k) mod 256`` (as bytes) for every pixel value and
     channel of an 8-bit table, or None when the table is not such a shift."""
     if lut.dtype not in (np.int8, np.uint8):
@@ -301,7 +301,7 @@ def _byte_offset(lut: np.ndarray) -> int | None:
     return offset if bool((as_bytes == shifted[:, np.newaxis]).all()) else None
 
 
-def _quantize_lut(spec: InputSpec, info: TensorInfo) -> np.ndarray:
+def quantize_lut(spec: InputSpec, info: TensorInfo) -> np.ndarray:
     """``(256, 3)`` table: uint8 pixel -> quantised model input per channel, exactly what
     normalise-then-quantise gives, clipped to the dtype's range before the cast."""
     pixels = np.arange(256, dtype=np.float32)[:, np.newaxis].repeat(3, axis=1)

@@ -90,6 +90,11 @@ class VideoFileSource(FrameSource):
         self._read = 0
         self._ended_early = False
 
+    @property
+    def decoder_threads(self) -> int:
+        """The threads FFmpeg decodes this file with (as the backend reports them)."""
+        return int(self._cap.get(cv2.CAP_PROP_N_THREADS))
+
     def read(self) -> np.ndarray | None:
         if self._first is not None:
             frame, self._first = self._first, None

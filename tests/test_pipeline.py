@@ -235,7 +235,7 @@ def test_file_decoding_uses_the_threads_asked_for():
     clip = shared("video", "vtest.avi")
     for threads in (1, 2):
         with VideoFileSource(clip, decode_threads=threads) as source:
-            assert source._cap.get(cv2.CAP_PROP_N_THREADS) == threads
+            assert source.decoder_threads == threads
             assert source.read().shape == (360, 480, 3)
     with VideoFileSource(clip) as one, VideoFileSource(clip, decode_threads=0) as auto:
         for _ in range(20):  # the decoder's thread count does not change the pixels

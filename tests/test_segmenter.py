@@ -7,8 +7,8 @@ import pytest
 from edgeseg.backend import find_runtime, INTERPRETER_MODULES
 from edgeseg.errors import BackendError, ModelError
 from edgeseg.metadata import attach_metadata, read_metadata, strip_metadata
-from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
-from edgeseg.segmenter import Segmenter, SegmenterOptions, TensorInfo, _byte_offset, _quantize_lut, upscale
+from edgeseg.preprocess import InputSpec, cv_lut, prepare_pixels, preprocess
+from edgeseg.segmenter import Segmenter, SegmenterOptions, TensorInfo, byte_offset, quantize_lut, upscale
 
 
 def keras_classes(model, frame_bgr, spec):
@@ -59,17 +59,18 @@ def test_byte_shift_fast_path_equals_the_table_lookup(tiny_tflite, street_frames
     the 8-bit add gives the table's bytes exactly; other tables keep the lookup."""
     for variant, offset in (("int8", 128), ("uint8", 0)):
         seg = Segmenter(SegmenterOptions(tiny_tflite[variant]))
-        assert seg._byte_offset == offset, variant
+        table = quantize_lut(seg.spec, seg.info.input)
+        assert byte_offset(table) == offset, variant
         for frame in street_frames[:3]:
             fast = seg.prepare(frame)
-            looked_up = cv2.LUT(prepare_pixels(frame, seg.spec, bgr=True), seg._lut_cv)[np.newaxis]
+            looked_up = cv2.LUT(prepare_pixels(frame, seg.spec, bgr=True), cv_lut(table))[np.newaxis]
             assert fast.dtype == looked_up.dtype and fast.flags.c_contiguous
             np.testing.assert_array_equal(fast, looked_up)
     int8 = TensorInfo("x", (1, 8, 8, 3), "int8", 1 / 255, -128)
     imagenet = InputSpec(8, 8, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
-    assert _byte_offset(_quantize_lut(InputSpec(8, 8), int8)) == 128
-    assert _byte_offset(_quantize_lut(imagenet, TensorInfo("x", (1, 8, 8, 3), "int8", 0.0186, -14))) is None
-    assert _byte_offset(_quantize_lut(InputSpec(8, 8), TensorInfo("x", (1, 8, 8, 3), "int8", 2 / 255, -128))) is None
+    assert byte_offset(quantize_lut(InputSpec(8, 8), int8)) == 128
+    assert byte_offset(quantize_lut(imagenet, TensorInfo("x", (1, 8, 8, 3), "int8", 0.0186, -14))) is None
+    assert byte_offset(quantize_lut(InputSpec(8, 8), TensorInfo("x", (1, 8, 8, 3), "int8", 2 / 255, -128))) is None
 
 
 def test_argmax_on_raw_int8_equals_argmax_of_dequantised_scores(tiny_tflite, street_frames):
