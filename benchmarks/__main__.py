@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
-from edgeseg.cliapp import make_app, run  # noqa: E402
+from edgeseg.cliapp import make_app, run_app  # noqa: E402
 from edgeseg.errors import EdgesegError, fail  # noqa: E402
 
 app = make_app("Latency per model, thread count and device; `report` regenerates tables and charts.")
@@ -227,4 +227,4 @@ def report(results_dir: Optional[Path] = typer.Option(None, "--output", "-o", "-
 
 
 if __name__ == "__main__":
-    sys.exit(run(app))
+    sys.exit(run_app(app))

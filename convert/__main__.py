@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
-from edgeseg.cliapp import make_app, run  # noqa: E402
+from edgeseg.cliapp import make_app, run_app  # noqa: E402
 from edgeseg.errors import EdgesegError, fail  # noqa: E402
 from edgeseg.extras import exit_unless_installed  # noqa: E402
 from edgeseg.quiet import native_output_hidden  # noqa: E402
@@ -66,6 +66,11 @@ def main(
                                       help="If int8 fails: also try int16x8 (16-bit activations) or float-head"
                                            " (int8 body, float last conv and I/O)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration image selection."),
+    check_video: Optional[list[Path]] = typer.Option(None, "--check-video", exists=True, dir_okay=False,
+                                                     help="Unlabelled clip the model never saw (repeatable): also"
+                                                          " measure agreement with Keras on its frames, gated by"
+                                                          " --min-agreement."),
+    check_frames: int = typer.Option(24, "--check-frames", min=1, help="Evenly spaced frames per --check-video clip."),
 ) -> None:
     """Export float16 / int8 TFLite models with embedded metadata and verify them against Keras."""
     exit_unless_installed("convert")
@@ -89,7 +94,8 @@ def main(
         out_dir=out_dir, num_calib=num_calib, num_eval=num_eval,
         io_type=(io_type.value if io_type else ("uint8" if edgetpu else "int8")), argmax=argmax, edgetpu=edgetpu,
         name=name or (model.parent.name if model.stem == "best" else model.stem), min_agreement=min_agreement,
-        max_miou_drop=max_miou_drop, fallback=fallback.value, seed=seed,
+        max_miou_drop=max_miou_drop, fallback=fallback.value, seed=seed, check_videos=tuple(check_video or ()),
+        check_frames=check_frames,
     )
 
     try:
@@ -104,4 +110,4 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(run(app))
+    sys.exit(run_app(app))

@@ -20,7 +20,7 @@ from . import export
 from .calibration import calibration_images, representative_dataset
 from .report import write_report
 from .source import ConvertError, SourceModel, labels_for, load_source
-from .verify import host_argmax_ms, layer_errors, verify
+from .verify import agreement_on_frames, clip_frames, host_argmax_ms, layer_errors, verify
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class ConvertOptions:
     max_miou_drop: float = 0.02
     fallback: str = "none"
     seed: int = 0
+    check_videos: tuple[Path, ...] = ()
+    check_frames: int = 24
 
 
 def _check(verification: dict, options: ConvertOptions) -> tuple[bool, str]:
@@ -56,6 +58,10 @@ def _check(verification: dict, options: ConvertOptions) -> tuple[bool, str]:
                        " closer to the runner-up class than one step, so no calibration can pass; use --fallback"
                        " float-head or int16x8, or retrain a more decisive network, e.g. unet with batch_norm: true)")
         return False, reason
+    unseen = verification.get("agreement_unseen")
+    if unseen is not None and unseen < options.min_agreement:
+        return False, (f"agreement on {verification['unseen_frames']} unseen clip frames {100 * unseen:.2f}%"
+                       f" < {100 * options.min_agreement:.1f}%")
     if verification["miou_drop"] > options.max_miou_drop:
         return False, (f"mIoU drop {100 * verification['miou_drop']:.2f} points > {100 * options.max_miou_drop:.1f}")
     return True, ""
@@ -73,6 +79,7 @@ class _Job:
     spec: InputSpec
     calib_paths: list[str]
     provenance: dict
+    unseen_frames: list | None = None  # BGR frames of the --check-video clips
 
     def representative(self):
         return representative_dataset(self.calib_paths, self.spec)
@@ -98,6 +105,10 @@ class _Job:
         try:
             candidate.write_bytes(attach_metadata(data, self.metadata(mode)))
             verification = verify(self.source, candidate, self.pairs, self.labels, self.spec, name=final.name)
+            if self.unseen_frames is not None:
+                verification["agreement_unseen"] = agreement_on_frames(self.source, candidate, self.unseen_frames,
+                                                                       self.spec)
+                verification["unseen_frames"] = len(self.unseen_frames)
             passed, reason = _check(verification, options)
             path = final if passed else final.with_name(final.stem + ".failed.tflite")
             atomic.commit(candidate, path)
@@ -105,7 +116,9 @@ class _Job:
             raise atomic.output_error(final, exc) from exc
         finally:
             candidate.unlink(missing_ok=True)
-        print(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, agreement {100 * verification['agreement']:.2f}%,"
+        unseen = verification.get("agreement_unseen")
+        print(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, agreement {100 * verification['agreement']:.2f}%"
+              + (f" ({100 * unseen:.2f}% on unseen clip frames)," if unseen is not None else ",") +
               f" mIoU {verification['miou_keras']:.4f} -> {verification['miou_tflite']:.4f}"
               f" ({'pass' if passed else 'FAIL: ' + reason})")
         return {"mode": mode, "path": str(path), "size_bytes": path.stat().st_size, "passed": passed,
@@ -135,8 +148,10 @@ def _prepare(options: ConvertOptions) -> _Job:
         "converter": f"tensorflow {tf.__version__}, edgeseg {edgeseg.__version__}",
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    unseen = [clip_frames(Path(clip), options.check_frames) for clip in options.check_videos]
     return _Job(options, source, pairs, labels_for(source, options.eval_data),
-                InputSpec(height=source.height, width=source.width), calib_paths, provenance)
+                InputSpec(height=source.height, width=source.width), calib_paths, provenance,
+                [frame for frames in unseen for frame in frames] if unseen else None)
 
 
 def run(options: ConvertOptions) -> dict:
@@ -153,6 +168,8 @@ def run(options: ConvertOptions) -> dict:
         "calibration": {"folder": str(options.calib_data), "split": options.calib_split,
                         "count": len(job.calib_paths), "seed": options.seed} if job.calib_paths else {},
         "evaluation": {"folder": str(options.eval_data), "split": options.eval_split, "images": len(job.pairs)},
+        "unseen_clips": {"videos": [str(v) for v in options.check_videos], "frames": options.check_frames}
+        if options.check_videos else {},
         "thresholds": {"min_agreement": options.min_agreement, "max_miou_drop": options.max_miou_drop},
         "models": [],
     }

@@ -25,17 +25,22 @@ def to_markdown(report: dict) -> str:
         f"Calibration: {report['calibration'].get('count', 0)} images from `{report['calibration'].get('folder', '-')}`"
         f" (seed {report['calibration'].get('seed', '-')}). Evaluation: {report['evaluation']['images']} held-out images"
         f" from `{report['evaluation']['folder']}` (never used for calibration).",
+        *([f"Unseen clips: {report['unseen_clips']['frames']} evenly spaced frames of each of"
+           f" {', '.join(f'`{Path(v).name}`' for v in report['unseen_clips']['videos'])} (no annotations: only the"
+           " agreement with Keras is measured there, and gated like the agreement above)."]
+          if report.get("unseen_clips") else []),
         f"Thresholds: agreement ≥ {_pct(report['thresholds']['min_agreement'])},"
         f" mIoU drop ≤ {report['thresholds']['max_miou_drop'] * 100:.1f} points.",
         "",
-        "| model | size | I/O | agreement with Keras | mIoU Keras | mIoU TFLite | drop (points) | mean / max prob. error | latency (ms, verify loop) | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | size | I/O | agreement with Keras | agreement, unseen clips | mIoU Keras | mIoU TFLite | drop (points) | mean / max prob. error | latency (ms, verify loop) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["models"]:
         v = row["verification"]
         lines.append(
             f"| `{Path(row['path']).name}` | {row['size_bytes'] / 1e6:.2f} MB | {v['input_dtype']} → {v['output_dtype']}"
-            f" ({v['output_kind']}) | {_pct(v['agreement'])} | {_num(v['miou_keras'])} | {_num(v['miou_tflite'])}"
+            f" ({v['output_kind']}) | {_pct(v['agreement'])} | {_pct(v.get('agreement_unseen'))}"
+            f" | {_num(v['miou_keras'])} | {_num(v['miou_tflite'])}"
             f" | {100 * v['miou_drop']:+.2f} | {_num(v['prob_error_mean'], 5)} / {_num(v['prob_error_max'], 3)}"
             f" | {_num(v['latency_ms_median'], 2)} | {'pass' if row['passed'] else 'FAIL: ' + row['reason']} |"
         )

@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 
 from edgeseg.bundled import BUNDLED_MODEL, DEMO_CLIP
-from edgeseg.cliapp import make_app, run
+from edgeseg.cliapp import make_app, run_app
 from edgeseg.segmenter import Device
 from edgeseg.errors import InputError, reports_errors
 
@@ -468,7 +468,7 @@ def demo(
 
 
 def main() -> None:  # console script entry point
-    sys.exit(run(app))
+    sys.exit(run_app(app))
 
 
 if __name__ == "__main__":

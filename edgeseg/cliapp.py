@@ -13,7 +13,7 @@ def make_app(help: str | None = None, **options) -> typer.Typer:
                        **options)
 
 
-def run(app: typer.Typer, args: list[str] | None = None) -> int:
+def run_app(app: typer.Typer, args: list[str] | None = None) -> int:
     """Run `app` as a command line and return its exit code. A usage mistake (unknown option, a value
     outside its choices, a missing argument) is one line on stderr, ``error: ...; see 'PROG --help'``,
     exit code 2; help (``--help``, or no arguments where the app asks for them) prints as usual."""

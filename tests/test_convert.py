@@ -3,12 +3,14 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import shared
 from edgeseg.backend import op_details
 from edgeseg.metadata import read_metadata
 from edgeseg.segmenter import Segmenter, SegmenterOptions
@@ -38,7 +40,7 @@ def exported(tiny_run, camvid, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     result = convert_cli("--model", tiny_run / "best.keras", "--quantize", "all", "--calib-data", camvid,
                          "--eval-data", camvid, "--num-calib", 16, "--num-eval", 8, "--out-dir", out, "--name", "tiny",
-                         *TINY_THRESHOLDS)
+                         "--check-video", shared("video", "vtest.avi"), "--check-frames", 6, *TINY_THRESHOLDS)
     assert result.exit_code == 0, result.output + result.stderr
     return out
 
@@ -55,8 +57,23 @@ def test_all_writes_float16_int8_and_reports(exported):
     assert v16["agreement"] > 0.98 and v16["prob_error_mean"] < 0.01
     assert v8["agreement"] > 0.8 and abs(v8["miou_drop"]) < 0.03
     assert report["calibration"]["count"] == 16 and report["evaluation"]["images"] == 8
+    # unlabelled frames of a clip neither model saw: agreement measured there too
+    assert v8["unseen_frames"] == v16["unseen_frames"] == 6
+    assert v16["agreement_unseen"] > 0.98 and 0.5 < v8["agreement_unseen"] <= v16["agreement_unseen"] + 0.01
     md = (exported / "tiny_report.md").read_text()
-    assert "| `tiny_int8.tflite` |" in md and "Per-class IoU" in md
+    assert "| `tiny_int8.tflite` |" in md and "Per-class IoU" in md and "Unseen clips: 6 evenly spaced frames" in md
+
+
+def test_agreement_on_unseen_frames_is_gated_like_the_agreement():
+    from convert.pipeline import ConvertOptions, _check
+
+    options = ConvertOptions(model=Path("m.keras"), modes=("int8",), eval_data=Path("."), out_dir=Path("."),
+                             name="m", min_agreement=0.98)
+    measured = {"agreement": 0.99, "miou_drop": 0.0, "agreement_unseen": 0.975, "unseen_frames": 48}
+    passed, reason = _check(measured, options)
+    assert not passed and reason == "agreement on 48 unseen clip frames 97.50% < 98.0%"
+    assert _check({**measured, "agreement_unseen": 0.985}, options) == (True, "")
+    assert _check({"agreement": 0.99, "miou_drop": 0.0}, options) == (True, "")  # no clip given
 
 
 def test_metadata_travels_and_the_runtime_reads_it(exported):

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
-from edgeseg.cliapp import make_app, run  # noqa: E402
+from edgeseg.cliapp import make_app, run_app  # noqa: E402
 from edgeseg.errors import EdgesegError, fail  # noqa: E402
 from edgeseg.extras import exit_unless_installed  # noqa: E402
 from edgeseg.quiet import native_output_hidden  # noqa: E402
@@ -183,4 +183,4 @@ def throughput(
 
 
 if __name__ == "__main__":
-    sys.exit(run(app))
+    sys.exit(run_app(app))
