@@ -43,6 +43,21 @@ class Fallback(str, Enum):
     float_head = "float-head"
 
 
+def _modes(quantize: list[Quantize], edgetpu: bool, fallback: Fallback, io_type: IOType | None) -> tuple[str, ...]:
+    """The export modes asked for, in order; combinations the Edge TPU cannot run are one error line."""
+    if edgetpu and fallback != Fallback.none:
+        fail(f"--fallback {fallback.value} makes a model with float or 16-bit ops, which the Edge TPU cannot run;"
+             " drop --fallback or --edgetpu")
+    if edgetpu and io_type == IOType.float32:
+        fail("--edgetpu needs integer I/O but --io-type is float32; drop --io-type (uint8 is used) or --edgetpu")
+    asked = {mode for q in quantize for mode in (("float16", "int8") if q == Quantize.all else (q.value,))}
+    explicit_float = [q.value for q in quantize if q in (Quantize.float16, Quantize.float32)]
+    if edgetpu and explicit_float:
+        fail(f"the Edge TPU runs only int8 models but --quantize asks for {', '.join(explicit_float)};"
+             " use --quantize int8")
+    return tuple(m for m in ("float32", "float16", "int8") if m in asked)
+
+
 @app.command()
 def main(
     model: Path = typer.Option(..., "--model", help="Keras model (.keras from `python -m train`) or SavedModel folder."),
@@ -77,17 +92,7 @@ def main(
     with native_output_hidden():  # TensorFlow's start-up log lines
         from .pipeline import ConvertOptions, run
 
-    if edgetpu and fallback != Fallback.none:
-        fail(f"--fallback {fallback.value} makes a model with float or 16-bit ops, which the Edge TPU cannot run;"
-             " drop --fallback or --edgetpu")
-    if edgetpu and io_type == IOType.float32:
-        fail("--edgetpu needs integer I/O but --io-type is float32; drop --io-type (uint8 is used) or --edgetpu")
-    asked = {mode for q in quantize for mode in (("float16", "int8") if q == Quantize.all else (q.value,))}
-    modes = tuple(m for m in ("float32", "float16", "int8") if m in asked)
-    explicit_float = [q.value for q in quantize if q in (Quantize.float16, Quantize.float32)]
-    if edgetpu and explicit_float:
-        fail(f"the Edge TPU runs only int8 models but --quantize asks for {', '.join(explicit_float)};"
-             " use --quantize int8")
+    modes = _modes(quantize, edgetpu, fallback, io_type)
     options = ConvertOptions(
         model=model, modes=modes,
         calib_data=calib_data, calib_split=calib_split, eval_data=eval_data, eval_split=eval_split,
