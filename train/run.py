@@ -155,6 +155,7 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     callbacks = make_callbacks(config, cluster, run_dir, out_dir, val_pairs, spec, labels)
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
+                        shuffle=False,  # tf.data already shuffles (and Keras warns when asked to)
                         steps_per_epoch=steps_per_epoch if cluster.kind == "multi-worker" else None)
     seconds = time.perf_counter() - started
     print(f"final weights {weights_digest(model.get_weights())} (worker {cluster.worker_index})")
