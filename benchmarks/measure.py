@@ -15,6 +15,7 @@ from edgeseg.extras import load_keras_model
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
 from .roofline import model_ops
+from .timing import time_calls
 
 
 def family(model: str | Path) -> str:
@@ -102,13 +103,7 @@ def bench_tflite(model: Path, threads: int, frame: np.ndarray, runs: int, warmup
     interpreter.set_tensor(index, tensor)
     interpreter.invoke()
     first_ms = (time.perf_counter() - started) * 1000
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - started) * 1000)
+    times = time_calls(interpreter.invoke, runs, warmup)
     info = seg.info
     quant = "int8" if info.input.dtype in ("int8", "uint8") else ("float16" if "float16" in model.name else "float32")
     provenance_quant = info.provenance.get("quantization")
@@ -251,13 +246,7 @@ def bench_keras(keras_path: Path, frame: np.ndarray, runs: int, warmup: int) -> 
     rows = []
     for name, call in (("keras predict", lambda: model.predict(batch, verbose=0)),
                        ("keras tf.function", lambda: compiled(batch).numpy())):
-        for _ in range(warmup):
-            call()
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - started) * 1000)
+        times = time_calls(call, runs, warmup)
         rows.append({"model": f"{keras_path.name} ({name})", "family": keras_family, "size_mb": round(keras_path.stat().st_size / 1e6, 3),
                      "input": f"{width}x{height}", "quantization": "float32 (Keras)", "delegate": "tensorflow",
                      "threads": None, "runs": runs, **summarize(times), "peak_rss_mb": peak_rss_mb()})

@@ -7,12 +7,13 @@ in float32 and int8, from the probe models in `benchmarks/probes/` (built by
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.backend import make_interpreter, make_plain_interpreter, op_details
+
+from .timing import time_calls
 
 PROBES = Path(__file__).parent / "probes"
 PROBE_SHAPE = (1, 112, 112, 128)  # input of the probe convolution; 128 -> 128 channels, 3x3
@@ -76,14 +77,8 @@ def measure_peak(threads: int | None, runs: int = 30) -> dict[str, float]:
         rng = np.random.default_rng(0)
         data = rng.integers(-100, 100, detail["shape"]).astype(detail["dtype"])
         interpreter.set_tensor(detail["index"], data)
-        for _ in range(3):
-            interpreter.invoke()
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            interpreter.invoke()
-            times.append(time.perf_counter() - started)
-        peaks[dtype] = graph_ops(interpreter) / float(np.min(times)) / 1e9
+        times_ms = time_calls(interpreter.invoke, runs, warmup=3)
+        peaks[dtype] = graph_ops(interpreter) / (float(np.min(times_ms)) / 1000) / 1e9
     return peaks
 
 
