@@ -68,28 +68,6 @@ def _segmenter(model: Path, threads: Optional[int], device: Device):
     return segmenter
 
 
-def _display(headless: bool):
-    """A function showing frames in a window, or None when headless or no display exists."""
-    if headless:
-        return None
-    import cv2
-
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        typer.echo("no display found: running headless (pass --headless to silence this)", err=True)
-        return None
-    try:
-        cv2.namedWindow("edgeseg", cv2.WINDOW_NORMAL)
-    except cv2.error:
-        typer.echo("OpenCV has no GUI support here (headless build): running headless", err=True)
-        return None
-
-    def show(image) -> bool:
-        cv2.imshow("edgeseg", image)
-        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
-
-    return show
-
-
 @dataclass
 class Extras:
     """What runs beside the pipeline: the live page, per-frame JSON lines, triggers."""
@@ -166,10 +144,12 @@ def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth,
     command's error handler after the sink has been finished with the frames read."""
     from edgeseg.pipeline import PipelineOptions, run
     from edgeseg.sinks import VideoSink
+    from edgeseg.sources import Prepended
+    from edgeseg.window import open_window
 
     options = PipelineOptions(alpha=alpha, legend=legend, hud=hud, smooth=smooth, max_frames=max_frames,
                               duration=duration)
-    show = _display(headless)
+    show = open_window(headless)
     with source, _beside(extras or Extras(), segmenter, source) as on_frame:
         sink = None
         if output is not None:
@@ -178,7 +158,7 @@ def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth,
                 raise InputError(f"{source.name} gave no frame; check the source")
             # A live recording is tagged with the rate its frames really arrive at (measured).
             sink = VideoSink(output, None if source.live else source.fps, (first.shape[1], first.shape[0]))
-            source = _Prepend(source, first)
+            source = Prepended(source, first)
         stats = run(source, segmenter, options, sink=sink, show=show, on_frame=on_frame)
     typer.echo(stats.summary())
     if sink is not None:
@@ -201,22 +181,6 @@ def _check_output(source: str | None, output: Optional[Path]) -> None:
     check_video_output(output)
     if source is not None and output.exists() and Path(source).exists() and os.path.samefile(source, output):
         raise InputError(f"--output {output} is the input video itself; choose another output name")
-
-
-class _Prepend:
-    """A source with one already-read frame put back in front (used to size the writer)."""
-
-    def __init__(self, source, frame) -> None:
-        self._source, self._frame = source, frame
-
-    def __getattr__(self, name):
-        return getattr(self._source, name)
-
-    def read(self):
-        if self._frame is not None:
-            frame, self._frame = self._frame, None
-            return frame
-        return self._source.read()
 
 
 @app.command()

@@ -151,6 +151,22 @@ class ImageFolderSource(FrameSource):
         return frame
 
 
+class Prepended:
+    """A source with one already-read frame put back in front (read to size a video writer)."""
+
+    def __init__(self, source, frame: np.ndarray) -> None:
+        self._source, self._frame = source, frame
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def read(self) -> np.ndarray | None:
+        if self._frame is not None:
+            frame, self._frame = self._frame, None
+            return frame
+        return self._source.read()
+
+
 class LiveSource(FrameSource):
     """A camera or network stream read by a thread that keeps only the newest frame."""
 
