@@ -23,12 +23,27 @@ from edgeseg.errors import OutputError
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
 def temp_path(target: Path) -> Path:
     """A new, unique, empty hidden file beside `target` with the same suffix (writers such as
-    Keras and OpenCV choose the format by it)."""
+    Keras and OpenCV choose the format by it). Its permissions are those `target` has, or for a new
+    file what open() would give (0666 less the umask), not mkstemp's private 0600: a model or video
+    written here must stay readable by the service user that runs it."""
     target = Path(target)
     handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent)
-    os.close(handle)
+    try:
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~UMASK
+        os.fchmod(handle, mode)
+    finally:
+        os.close(handle)
     return Path(name)
 
 

@@ -127,6 +127,23 @@ def test_atomic_writes_keep_the_old_file_when_the_disk_fills(small_disk):
     assert target.read_text() == '{"old": true}' and hidden_leftovers(folder) == []
 
 
+def test_atomic_writes_give_files_the_permissions_a_plain_write_would(tmp_path):
+    """Not mkstemp's private 0600: a model converted by one user must stay readable by the service
+    user that runs it, and rewriting a file keeps the mode it had."""
+    from edgeseg.atomic import write_bytes
+
+    fresh = tmp_path / "model.tflite"
+    write_bytes(fresh, b"new")
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"plain")
+    assert fresh.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 != 0o600
+    kept = tmp_path / "secret.json"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    write_bytes(kept, b"new")
+    assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_bytes() == b"new"
+
+
 # ---------------------------------------------------------------------------------------------
 # Live streams: a real MJPEG server on 127.0.0.1 at 10 frames per second (it claims nothing;
 # FFmpeg assumes 25)
