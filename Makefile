@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bundle seed benchmark pi-check live-page clean
+.PHONY: setup demo test test-fast bundle lodo seed benchmark pi-check live-page clean
 
 $(BIN)/edgeseg: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,16 +22,22 @@ test: setup                     ## the whole suite (slow cases included), as CI 
 test-fast: setup                ## skip the slow cases
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bundle: setup                   ## retrain and re-export the bundled model (three stages, about 2 h on 2 cores)
+bundle: setup                   ## retrain and re-export the bundled model (one run from scratch, about 1 h on 2 cores)
 	$(BIN)/python -m train --config configs/camvid_lite.yaml
-	$(BIN)/python -m train --config configs/camvid_lite_stage2.yaml
-	$(BIN)/python -m train --config configs/camvid_lite_stage3.yaml
-	$(BIN)/python -m convert --model runs/camvid_lite_stage3/best.keras --quantize all --name camvid_lite \
+	$(BIN)/python -m convert --model runs/camvid_lite/last.keras --quantize all --name camvid_lite \
 	  --calib-data ../shared/data/camvid --calib-split training \
-	  --eval-data ../shared/data/camvid --eval-split validation --output models
-	cp runs/camvid_lite_stage3/best.keras models/camvid_lite.keras
+	  --eval-data ../shared/data/camvid --eval-split validation --min-agreement 0.98 \
+	  --check-video ../shared/data/video/vtest.avi --check-video ../shared/data/video/car-detection.mp4 \
+	  --check-video edgeseg/assets/solidWhiteRight.mp4 --output models
+	cp runs/camvid_lite/last.keras models/camvid_lite.keras
+	cp runs/camvid_lite/history.csv models/camvid_lite_history.csv
+	cp runs/camvid_lite/training_curves.png models/camvid_lite_training_curves.png
+	cp configs/camvid_lite.yaml models/camvid_lite_config.yaml
 	mv models/camvid_lite_int8.tflite edgeseg/assets/camvid_lite_int8.tflite   # shipped in the wheel
 	ln -sf ../edgeseg/assets/camvid_lite_int8.tflite models/camvid_lite_int8.tflite
+
+lodo: setup                     ## the leave-one-drive-out runs that chose the bundled recipe (configs/lodo/README.md)
+	for config in configs/lodo/*.yaml; do $(BIN)/python -m train --config $$config || exit 1; done
 
 seed: setup                     ## train + convert the seed-size U-Net (tutorial architecture, half width, BatchNorm), not committed
 	$(BIN)/python -m train --config configs/camvid_unet_seed_bn.yaml

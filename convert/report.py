@@ -23,8 +23,9 @@ def to_markdown(report: dict) -> str:
         f"Source: `{report['source']['path']}` (sha256 `{report['source']['sha256'][:12]}…`), input"
         f" {report['source']['height']}x{report['source']['width']} (HxW), {report['source']['num_classes']} classes.",
         f"Calibration: {report['calibration'].get('count', 0)} images from `{report['calibration'].get('folder', '-')}`"
-        f" (seed {report['calibration'].get('seed', '-')}). Evaluation: {report['evaluation']['images']} held-out images"
-        f" from `{report['evaluation']['folder']}` (never used for calibration).",
+        f" (seed {report['calibration'].get('seed', '-')}). Evaluation: {report['evaluation']['images']} images of"
+        f" `{report['evaluation']['folder']}` split `{report['evaluation'].get('split', '-')}` (never used for"
+        " calibration).",
         *([f"Unseen clips: {report['unseen_clips']['frames']} evenly spaced frames of each of"
            f" {', '.join(f'`{Path(v).name}`' for v in report['unseen_clips']['videos'])} (no annotations: only the"
            " agreement with Keras is measured there, and gated like the agreement above)."]

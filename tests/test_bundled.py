@@ -22,7 +22,7 @@ def test_bundled_model_is_small_and_carries_its_metadata():
     assert path.stat().st_size < 5_000_000
     seg = Segmenter(SegmenterOptions(path))
     assert seg.info.metadata_embedded and seg.labels.name == "camvid"
-    assert (seg.spec.height, seg.spec.width) == (192, 256)
+    assert (seg.spec.height, seg.spec.width) == tuple(CARD["input_hw"]) == (256, 320)
     assert seg.info.input.dtype == "int8"
 
 
