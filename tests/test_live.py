@@ -233,13 +233,23 @@ def test_bad_serve_and_trigger_options_are_one_line_errors(tmp_path):
 
 def test_jsonl_and_triggers_on_a_real_clip(tmp_path):
     """People walk in and out of vtest.avi: each crossing of the pedestrian share fires the
-    command exactly once (checked against the JSON lines with the same hysteresis rule)."""
+    command exactly once (checked against the JSON lines with the same hysteresis rule). The
+    thresholds come from a first pass over the clip (its upper and middle quartile of the share),
+    so the test holds for any model that sees the people at all."""
+    probe = tmp_path / "probe.jsonl"
+    first = subprocess.run([sys.executable, "-m", "edgeseg", "video", shared("video", "vtest.avi"), "--headless",
+                            "--jsonl", probe], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    shares = [json.loads(line)["shares"].get("pedestrian", 0.0) for line in probe.read_text().splitlines()]
+    high, low = (round(float(np.percentile(shares, q)), 4) for q in (75, 50))
+    assert high > low > 0, (high, low)
+
     lines, fired = tmp_path / "frames.jsonl", tmp_path / "fired"
     fired.mkdir()
     command = f"{sys.executable} -c \"import json,os,sys; d=json.load(sys.stdin);" \
               f" open(os.path.join(r'{fired}', str(d['frame'])), 'w').write(os.environ['EDGESEG_CLASS'])\""
     result = subprocess.run([sys.executable, "-m", "edgeseg", "video", shared("video", "vtest.avi"), "--headless",
-                             "--jsonl", lines, "--on", "pedestrian>0.006", "--on-clear", "0.002", "--min-interval",
+                             "--jsonl", lines, "--on", f"pedestrian>{high}", "--on-clear", str(low), "--min-interval",
                              "0", "--exec", command], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in lines.read_text().splitlines()]
@@ -250,12 +260,12 @@ def test_jsonl_and_triggers_on_a_real_clip(tmp_path):
     expected, armed = [], True
     for record in records:
         share = record["shares"].get("pedestrian", 0.0)
-        if armed and share > 0.006:
+        if armed and share > high:
             expected.append(record["frame"])
             armed = False
-        elif not armed and share < 0.002:
+        elif not armed and share < low:
             armed = True
-    assert 2 <= len(expected) <= 40, expected  # a real clip with people coming and going
+    assert 2 <= len(expected) <= 60, expected  # a real clip with people coming and going
     assert sorted(int(p.name) for p in fired.iterdir()) == expected
     assert all(p.read_text() == "pedestrian" for p in fired.iterdir())
     assert f"trigger pedestrian: fired {len(expected)} times" in result.stderr
