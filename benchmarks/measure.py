@@ -234,11 +234,13 @@ class _HostOnly:
 
 def bench_keras(keras_path: Path, frame: np.ndarray, runs: int, warmup: int) -> list[dict]:
     """The tutorial's way (model.predict per frame) and a compiled tf.function call."""
-    import tensorflow as tf
-
     from edgeseg.preprocess import InputSpec, preprocess
+    from edgeseg.quiet import native_output_hidden
 
-    model = load_keras_model(keras_path)
+    with native_output_hidden():  # TensorFlow's start-up log lines
+        import tensorflow as tf
+
+        model = load_keras_model(keras_path)
     keras_family = family(keras_path)
     height, width = model.inputs[0].shape[1:3]
     batch = preprocess(frame, InputSpec(height, width), bgr=True)[np.newaxis]

@@ -36,10 +36,15 @@ def load_latest(results_dir: Path = RESULTS) -> dict[str, dict]:
     return latest
 
 
-def accuracy_for(model_name: str, reports_dir: Path) -> float | None:
-    """int8/float16 mIoU from convert's report beside the model (None when unknown)."""
+def accuracy_for(model_name: str, reports_dir: Path, input_wxh: str | None = None) -> float | None:
+    """int8/float16 mIoU from convert's report beside the model (None when unknown). With
+    `input_wxh` (a benchmark row's "320x256") the report must be of a model with that input, so an
+    older row of a since-replaced model of the same file name gets no figure rather than a wrong one."""
     for report in reports_dir.glob("*_report.json"):
         data = json.loads(report.read_text())
+        source = data.get("source", {})
+        if input_wxh is not None and f"{source.get('width')}x{source.get('height')}" != input_wxh:
+            continue
         for row in data.get("models", []):
             if Path(row["path"]).name == model_name:
                 return row["verification"]["miou_tflite"]
@@ -47,13 +52,13 @@ def accuracy_for(model_name: str, reports_dir: Path) -> float | None:
 
 
 def markdown_table(latest: dict[str, dict], reports_dir: Path) -> str:
-    lines = ["| device | model | quantization | threads | p50 ms | p90 ms | FPS | size MB | mIoU | GOP/s (% of peak) |",
+    lines = ["| device | model | quantization | threads | p50 ms | p90 ms | FPS | size MB | mIoU (its convert report) | GOP/s (% of peak) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for record in latest.values():
         device = record["fingerprint"]["device"]
         peaks = record.get("peak_gops", {})
         for row in record["rows"]:
-            miou = accuracy_for(row["model"], reports_dir)
+            miou = accuracy_for(row["model"], reports_dir, row.get("input"))
             peak = peaks.get("int8" if row.get("quantization") == "int8" else "float32")
             roof = "-"
             if row.get("achieved_gops_per_s") and peak:

@@ -162,3 +162,15 @@ def test_sustained_run_writes_samples_and_a_chart(tmp_path):
     assert all({"t_s", "fps", "temp_c", "cpu_mhz", "throttled", "throttling"} <= set(s) for s in samples)
     chart = cv2.imread(str(jsonl.with_suffix(".png")))
     assert chart is not None and chart.shape == (360, 900, 3)
+
+
+def test_a_replaced_model_does_not_borrow_the_new_ones_accuracy(tmp_path):
+    """Rows of an older model with the same file name (other input size) get no mIoU, not the new one's."""
+    from benchmarks.report import accuracy_for
+
+    report = {"source": {"height": 256, "width": 320},
+              "models": [{"path": "models/m_int8.tflite", "verification": {"miou_tflite": 0.61}}]}
+    (tmp_path / "m_report.json").write_text(json.dumps(report))
+    assert accuracy_for("m_int8.tflite", tmp_path, "320x256") == 0.61
+    assert accuracy_for("m_int8.tflite", tmp_path, "256x192") is None
+    assert accuracy_for("other_int8.tflite", tmp_path, "320x256") is None
