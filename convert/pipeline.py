@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tensorflow as tf
@@ -15,12 +15,13 @@ from edgeseg.dataset import list_pairs
 from edgeseg.metadata import ModelMetadata, attach_metadata
 from edgeseg.preprocess import InputSpec
 from edgeseg.sinks import check_writable_dir
+from edgeseg.sources import spaced_frames
 
 from . import export
 from .calibration import calibration_images, representative_dataset
 from .report import write_report
 from .source import ConvertError, SourceModel, labels_for, load_source
-from .verify import agreement_on_frames, clip_frames, host_argmax_ms, layer_errors, verify
+from .verify import agreement_on_frames, host_argmax_ms, keras_classes, layer_errors, verify
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class _Job:
     spec: InputSpec
     calib_paths: list[str]
     provenance: dict
-    unseen_frames: list | None = None  # BGR frames of the --check-video clips
+    unseen_frames: list = field(default_factory=list)  # BGR frames of the --check-video clips
+    unseen_keras: list = field(default_factory=list)  # the Keras model's class map of each
 
     def representative(self):
         return representative_dataset(self.calib_paths, self.spec)
@@ -105,9 +107,9 @@ class _Job:
         try:
             candidate.write_bytes(attach_metadata(data, self.metadata(mode)))
             verification = verify(self.source, candidate, self.pairs, self.labels, self.spec, name=final.name)
-            if self.unseen_frames is not None:
-                verification["agreement_unseen"] = agreement_on_frames(self.source, candidate, self.unseen_frames,
-                                                                       self.spec)
+            if self.unseen_frames:
+                verification["agreement_unseen"] = agreement_on_frames(candidate, self.unseen_frames,
+                                                                       self.unseen_keras)
                 verification["unseen_frames"] = len(self.unseen_frames)
             passed, reason = _check(verification, options)
             path = final if passed else final.with_name(final.stem + ".failed.tflite")
@@ -148,10 +150,10 @@ def _prepare(options: ConvertOptions) -> _Job:
         "converter": f"tensorflow {tf.__version__}, edgeseg {edgeseg.__version__}",
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    unseen = [clip_frames(Path(clip), options.check_frames) for clip in options.check_videos]
-    return _Job(options, source, pairs, labels_for(source, options.eval_data),
-                InputSpec(height=source.height, width=source.width), calib_paths, provenance,
-                [frame for frames in unseen for frame in frames] if unseen else None)
+    spec = InputSpec(height=source.height, width=source.width)
+    unseen = [frame for clip in options.check_videos for frame in spaced_frames(clip, options.check_frames)]
+    return _Job(options, source, pairs, labels_for(source, options.eval_data), spec, calib_paths, provenance,
+                unseen, keras_classes(source, unseen, spec))
 
 
 def run(options: ConvertOptions) -> dict:

@@ -123,34 +123,20 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
     }
 
 
-def clip_frames(path: Path, count: int) -> np.ndarray:
-    """`count` evenly spaced frames (BGR) of a video, read with the runtime's own file source.
-
-    Raises:
-        InputError: the clip is missing or cannot be decoded.
-    """
-    from edgeseg.sources import VideoFileSource
-
-    with VideoFileSource(path) as source:
-        frames = []
-        while (frame := source.read()) is not None:
-            frames.append(frame)
-    keep = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
-    return np.stack([frames[i] for i in keep])
+def keras_classes(source: SourceModel, frames_bgr: list[np.ndarray], spec: InputSpec) -> list[np.ndarray]:
+    """The Keras model's class map of each frame (computed once, shared by every exported model)."""
+    return [np.argmax(source.predict(preprocess(frame, spec, bgr=True)[np.newaxis])[0], axis=-1).astype(np.uint8)
+            for frame in frames_bgr]
 
 
-def agreement_on_frames(source: SourceModel, model_path: Path, frames_bgr, spec: InputSpec) -> float:
+def agreement_on_frames(model_path: Path, frames_bgr: list[np.ndarray], keras_maps: list[np.ndarray]) -> float:
     """Share of pixels where `model_path` (through the runtime's Segmenter) and the Keras model pick
     the same class, on unlabelled frames: fidelity on footage neither model was trained or
     calibrated on, which needs no annotations."""
     segmenter = Segmenter(SegmenterOptions(model=model_path, device="cpu"))
-    agree = total = 0
-    for frame in frames_bgr:
-        logits = source.predict(preprocess(frame, spec, bgr=True)[np.newaxis])[0]
-        keras_classes = np.argmax(logits, axis=-1).astype(np.uint8)
-        agree += int(np.count_nonzero(segmenter.classes(segmenter.infer(frame)) == keras_classes))
-        total += keras_classes.size
-    return agree / max(1, total)
+    agree = sum(int(np.count_nonzero(segmenter.classes(segmenter.infer(frame)) == expected))
+                for frame, expected in zip(frames_bgr, keras_maps))
+    return agree / max(1, sum(expected.size for expected in keras_maps))
 
 
 def _per_class(keras_acc, tflite_acc, labels: LabelSet) -> dict:

@@ -22,8 +22,8 @@ import typer
 
 from edgeseg.bundled import BUNDLED_MODEL, DEMO_CLIP
 from edgeseg.cliapp import make_app, run_app
-from edgeseg.segmenter import Device
 from edgeseg.errors import InputError, reports_errors
+from edgeseg.segmenter import Device
 
 app = make_app("Real-time semantic segmentation with TFLite models (no TensorFlow needed).", no_args_is_help=True)
 
@@ -34,9 +34,6 @@ def _options(verbose: bool = typer.Option(False, "--verbose", help="Also show th
     from edgeseg.quiet import set_verbose
 
     set_verbose(verbose)
-
-
-_reports_errors = reports_errors  # every command: one error line, its exit code, no traceback
 
 
 def _error(message: str) -> None:
@@ -184,7 +181,7 @@ def _check_output(source: str | None, output: Optional[Path]) -> None:
 
 
 @app.command()
-@_reports_errors
+@reports_errors
 def camera(
     model: Path = ModelOpt,
     camera: str = typer.Option("0", "--camera", help="Camera index (0), device path (/dev/video0), or picam / picam:1"
@@ -224,7 +221,7 @@ def camera(
 
 
 @app.command()
-@_reports_errors
+@reports_errors
 def video(
     source: str = typer.Argument(..., help="Video file, folder of images, or rtsp/http URL."),
     model: Path = ModelOpt,
@@ -261,7 +258,7 @@ def video(
 
 
 @app.command()
-@_reports_errors
+@reports_errors
 def image(
     images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     model: Path = ModelOpt,
@@ -347,7 +344,7 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 
 @app.command("eval")
-@_reports_errors
+@reports_errors
 def evaluate_command(
     model: Path = ModelOpt,
     data: Path = typer.Option(..., "--data", "-d", help="Dataset root in ADE layout (images/<split>, annotations/<split>)."),
@@ -383,7 +380,7 @@ def evaluate_command(
 
 
 @app.command()
-@_reports_errors
+@reports_errors
 def info(model: Path = typer.Argument(..., help="TFLite model."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Input/output spec, quantisation, labels, size and embedded metadata of a model."""
@@ -406,7 +403,7 @@ def info(model: Path = typer.Argument(..., help="TFLite model."),
 
 
 @app.command()
-@_reports_errors
+@reports_errors
 def demo(
     model: Path = typer.Option(BUNDLED_MODEL, "--model", "-m", help="Model (default: the bundled CamVid model)."),
     source: Path = typer.Option(DEMO_CLIP, "--source", show_default=False,

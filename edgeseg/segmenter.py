@@ -22,6 +22,8 @@ from edgeseg.metadata import MetadataError, ModelMetadata, read_metadata
 from edgeseg.preprocess import InputSpec, cv_lut, normalize, prepare_pixels
 
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
+
+
 class Device(str, Enum):
     """Where inference runs: the Edge TPU when a *_edgetpu model and its library are there (auto)."""
 

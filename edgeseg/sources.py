@@ -151,6 +151,39 @@ class ImageFolderSource(FrameSource):
         return frame
 
 
+def frames_at(path: Path, indices) -> list[np.ndarray]:
+    """The frames of a video file at `indices`, decoded in one pass; only the chosen frames are
+    kept, not the clip.
+
+    Raises:
+        InputError: the file is missing or undecodable, or it ends before the last index.
+    """
+    wanted = set(int(i) for i in indices)
+    frames: dict[int, np.ndarray] = {}
+    index = 0
+    with VideoFileSource(Path(path)) as source:
+        while len(frames) < len(wanted) and (frame := source.read()) is not None:
+            if index in wanted:
+                frames[index] = frame
+            index += 1
+    if len(frames) < len(wanted):
+        raise InputError(f"{path} ended after {index} frames, before frame {max(wanted)}; it may be truncated")
+    return [frames[int(i)] for i in indices]
+
+
+def spaced_frames(path: Path, count: int) -> list[np.ndarray]:
+    """`count` evenly spaced frames of a video file, the first and the last included (fewer when
+    the clip is shorter)."""
+    with VideoFileSource(Path(path)) as source:
+        total = source.frame_count
+        if total is None:  # the container does not say: count by decoding
+            total = 0
+            while source.read() is not None:
+                total += 1
+    indices = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+    return frames_at(path, indices.tolist())
+
+
 class Prepended:
     """A source with one already-read frame put back in front (read to size a video writer)."""
 

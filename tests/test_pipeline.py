@@ -14,7 +14,7 @@ from edgeseg.overlay import blend, class_shares, colourise, render
 from edgeseg.pipeline import PipelineOptions, run
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 from edgeseg.sinks import VideoSink
-from edgeseg.sources import LiveSource, PacedCapture, VideoFileSource
+from edgeseg.sources import LiveSource, PacedCapture, VideoFileSource, frames_at, spaced_frames
 
 
 class SlowConsumer(Segmenter):
@@ -259,3 +259,17 @@ def test_overlay_colours_blends_and_leaves_unlabelled_pixels_alone():
     assert shares[4] == pytest.approx(100 / frame.shape[0])
     drawn = render(frame, class_map, CAMVID, palette, 0.5, legend=True, hud_lines=["99.0 FPS"])
     assert drawn.shape == frame.shape and not np.array_equal(drawn[:40, -150:], mixed[:40, -150:])
+
+
+def test_spaced_frames_are_the_clips_own_frames_first_and_last_included():
+    clip = shared("video", "vtest.avi")
+    with VideoFileSource(clip) as source:
+        every = []
+        while (frame := source.read()) is not None:
+            every.append(frame)
+    picked = spaced_frames(clip, 5)
+    for got, index in zip(picked, (0, 198, 397, 596, 794)):
+        np.testing.assert_array_equal(got, every[index])
+    np.testing.assert_array_equal(frames_at(clip, [10, 3])[0], every[10])  # in the order asked
+    with pytest.raises(InputError, match="ended after 795 frames, before frame 900"):
+        frames_at(clip, [5, 900])

@@ -108,21 +108,11 @@ def site_packages(cache: Path) -> Path:
 
 
 def decode_frames(count: int) -> np.ndarray:
-    """`count` frames spread over the demo clip, decoded once, here."""
-    import cv2
+    """`count` frames spread over the demo clip, decoded once, here (the runtime's own reader)."""
+    sys.path.insert(0, str(REPO))
+    from edgeseg.sources import spaced_frames
 
-    capture = cv2.VideoCapture(str(CLIP))
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    wanted = set(np.linspace(0, total - 1, count).astype(int).tolist())
-    frames = []
-    for index in range(total):
-        ok, frame = capture.read()
-        if not ok:
-            break
-        if index in wanted:
-            frames.append(frame)
-    capture.release()
-    return np.stack(frames)
+    return np.stack(spaced_frames(CLIP, count))
 
 
 def segment_all(frames_path: str, out_path: str, threads: int) -> None:

@@ -23,8 +23,7 @@ from edgeseg.errors import EdgesegError, fail  # noqa: E402
 from edgeseg.extras import exit_unless_installed  # noqa: E402
 from edgeseg.quiet import native_output_hidden  # noqa: E402
 
-app = make_app("Train segmentation models (run with --config to train; `download` fetches ADE20K).", no_args_is_help=False)
-
+app = make_app("Train segmentation models (run with --config to train; `download` fetches ADE20K).")
 
 
 class Architecture(str, Enum):

@@ -14,8 +14,8 @@ import tensorflow as tf
 from edgeseg.dataset import DatasetError, Pairs, list_pairs, read_image_rgb, read_mask, resolve_labels, select_pairs
 from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
-__all__ = ["DatasetError", "Pairs", "list_pairs", "select_pairs", "resolve_labels", "load_pixels", "load_example", "make_dataset",
-           "worker_share", "input_rate", "cache_bytes",
+__all__ = ["DatasetError", "Pairs", "list_pairs", "select_pairs", "resolve_labels", "load_pixels", "load_example",
+           "make_dataset", "worker_share", "input_rate", "cache_bytes",
            "augment", "class_frequencies", "median_frequency_weights", "enet_weights"]
 
 
@@ -171,12 +171,18 @@ def class_frequencies(pairs: Pairs, num_classes: int) -> np.ndarray:
     return counts
 
 
-def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
-    """w_c = median(f) / f_c over labelled classes present; class 0 and absent classes get 0."""
+def _labelled_shares(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's share of the labelled pixels, and which classes to weigh (present, not 0)."""
     freq = counts.astype(np.float64) / max(1, counts[1:].sum())
-    weights = np.zeros_like(freq)
     present = freq > 0
     present[0] = False
+    return freq, present
+
+
+def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """w_c = median(f) / f_c over labelled classes present; class 0 and absent classes get 0."""
+    freq, present = _labelled_shares(counts)
+    weights = np.zeros_like(freq)
     if present.any():
         weights[present] = np.median(freq[present]) / freq[present]
     return weights.astype(np.float32)
@@ -186,10 +192,8 @@ def enet_weights(counts: np.ndarray, c: float = 1.02) -> np.ndarray:
     """ENet's w_c = 1 / ln(c + p_c), p_c the class's share of labelled pixels, scaled so the median
     present class weighs 1 (only the ratios matter); class 0 and absent classes get 0. Bounded by
     1 / ln(c) (~50), so a rare class cannot dominate the loss the way median frequency lets it."""
-    freq = counts.astype(np.float64) / max(1, counts[1:].sum())
+    freq, present = _labelled_shares(counts)
     weights = np.zeros_like(freq)
-    present = freq > 0
-    present[0] = False
     if present.any():
         raw = 1.0 / np.log(c + freq[present])
         weights[present] = raw / np.median(raw)
