@@ -214,6 +214,39 @@ def test_static_upsampling_is_exact_and_the_plain_export_is_not_edgetpu_ready(ti
     assert {"TILE", "SHAPE"} <= set(ops_outside_edgetpu(plain))  # what Keras 3 gives without the rewrite
 
 
+def test_unet_lite2_exports_edgetpu_ready_with_float32_equal_to_keras(tmp_path):
+    from convert.export import convert, ops_outside_edgetpu
+    from convert.source import load_source
+    from edgeseg.backend import make_plain_interpreter
+    from train.models import build_model
+
+    # unet-lite2 adds ADD (residual repeats) and MEAN + a 1x1 -> 2x3 nearest broadcast (image
+    # pooling) to unet-lite's ops. Random weights and BatchNorm statistics so the image-pooling
+    # branch is not a constant: float32 must give Keras' logits, the Edge TPU export must map every op.
+    model = build_model("unet-lite2", 64, 96, 12, width_multiplier=0.5)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if "_bn" in layer.name:
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
+    frames = rng.random((1, 64, 96, 3)).astype(np.float32)
+    model.save(tmp_path / "lite2.keras")
+    source = load_source(tmp_path / "lite2.keras")
+    interpreter = make_plain_interpreter(convert(source, "float32", edgetpu=True))
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], frames)
+    interpreter.invoke()
+    tflite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(tflite, np.asarray(model(frames)), atol=1e-3, rtol=1e-3)
+
+    def representative():
+        for _ in range(4):
+            yield [rng.random((1, 64, 96, 3)).astype(np.float32)]
+
+    int8 = convert(source, "int8", io_type="uint8", representative=representative, edgetpu=True)
+    assert ops_outside_edgetpu(int8) == {}
+
+
 def test_output_grid_diagnostic_on_a_hand_made_case():
     from convert.verify import grid_diagnostic
 

@@ -31,6 +31,7 @@ class Architecture(str, Enum):
 
     unet = "unet"
     unet_lite = "unet-lite"
+    unet_lite2 = "unet-lite2"
 
 
 @app.callback(invoke_without_command=True)

@@ -19,9 +19,9 @@ class TrainConfig:
     Attributes:
         data_dir: dataset root in ADE layout (images/<split>/*.jpg, annotations/<split>/*.png).
         labels: ``"ade20k"``, ``"camvid"``, or ``"auto"`` (``classes.csv`` in data_dir, else ADE20K).
-        architecture: ``"unet"`` or ``"unet-lite"``.
+        architecture: ``"unet"``, ``"unet-lite"`` or ``"unet-lite2"``.
         height, width: network input size (non-square allowed).
-        width_multiplier: channel scale of unet-lite; base_filters: first-level width of unet.
+        width_multiplier: channel scale of unet-lite(2); base_filters: first-level width of unet.
         batch_norm: unet only: BatchNorm after every conv (off = the tutorial; on = int8-friendly).
         optimizer: ``"radam"`` (rectified Adam, the tutorial's) or ``"adamw"``.
         lr_schedule: ``"constant"`` (the tutorial) or ``"cosine"`` (with linear warm-up).
@@ -132,7 +132,7 @@ def load_config(path: Path | None) -> TrainConfig:
 
 # Closed choices and ranges per key; a key not listed here only has its type checked.
 CHOICES = {
-    "architecture": ("unet", "unet-lite"),
+    "architecture": ("unet", "unet-lite", "unet-lite2"),
     "optimizer": ("radam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
     "class_weighting": ("none", "median_frequency", "enet"),
