@@ -102,6 +102,45 @@ def test_augmentation_keeps_labels_and_aligns_image_and_mask(camvid, min_scale, 
         assert max(padded) < 0.01
 
 
+def test_source_scale_zooms_into_real_pixels(camvid):
+    """With `source_scale`, training frames are kept larger than the input, so a zoom-in crops real
+    detail instead of upsampling the input-size frame, and zoom 1 still gives the input-size frame
+    the shared `prepare_pixels` makes (antialiased shrink ~ its area averaging)."""
+    import cv2
+    import tensorflow as tf
+
+    from edgeseg.preprocess import normalize
+    from train.config import ConfigError, TrainConfig
+    from train.data import augment, load_pixels, source_spec
+
+    spec = InputSpec(96, 128)
+    stored = source_spec(spec, 2.0)
+    assert stored.size_hw == (192, 256) and source_spec(spec, 1.0) is spec
+    image_path = sorted((camvid / "images" / "training").glob("*.jpg"))[3]
+    mask_path = camvid / "annotations" / "training" / (image_path.stem + ".png")
+    big, big_mask = load_pixels(str(image_path), str(mask_path), stored, 12)
+    small, small_mask = load_pixels(str(image_path), str(mask_path), spec, 12)
+
+    def zoomed(pixels, mask, scale):
+        out, out_mask = augment(tf.constant(normalize(pixels, spec)), tf.constant(mask), scale,
+                                tf.constant([5, 9], tf.int64), scale, False, spec.size_hw)  # [5, 9]: no flip
+        assert out.shape == (96, 128, 3) and out_mask.shape == (96, 128)
+        return out.numpy(), out_mask.numpy()
+
+    def detail(image):
+        return cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var()
+
+    whole, whole_mask = zoomed(big, big_mask, 1.0)
+    reference, _ = zoomed(small, small_mask, 1.0)  # the same seed: the same colour jitter
+    assert np.abs(whole - reference).mean() < 0.01  # zoom 1 = the input-size frame
+    assert (whole_mask == small_mask).mean() > 0.9
+    sharp, _ = zoomed(big, big_mask, 2.0)
+    blurred, _ = zoomed(small, small_mask, 2.0)
+    assert detail(sharp) > 2 * detail(blurred)  # real pixels, not an upsampled input-size frame
+    with pytest.raises(ConfigError, match="source_scale"):
+        TrainConfig(source_scale=0.5).validate()
+
+
 def test_splits_join_and_prefixes_pick_drives(camvid):
     """A leave-one-drive-out check selects CamVid frames by drive (file-name prefix) across splits."""
     from edgeseg.dataset import DatasetError, select_pairs
@@ -175,10 +214,14 @@ def test_unet_has_no_two_channel_bottleneck_and_lite_is_under_a_gigaflop():
     unet = build_model("unet", 128, 128, 151, base_filters=16)
     convs = [layer for layer in unet.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs[-1].filters == 151 and convs[-2].filters == 16  # head reads the 16 (64 at full size) channels
-    lite = build_model("unet-lite", 192, 256, 12)
-    assert count_flops(lite) < 1e9
-    assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in lite.layers)
-    assert lite.output.shape[1:] == (192, 256, 12)
+    for architecture in ("unet-lite", "unet-lite2"):
+        lite = build_model(architecture, 192, 256, 12)
+        assert count_flops(lite) < 1e9, architecture
+        assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in lite.layers)
+        assert lite.output.shape[1:] == (192, 256, 12)
+    # unet-lite2 keeps unet-lite's FLOPs at 320x256 (within 5 %): it moves compute, it does not add it
+    ratio = count_flops(build_model("unet-lite2", 256, 320, 12)) / count_flops(build_model("unet-lite", 256, 320, 12))
+    assert 0.95 < ratio < 1.05
 
 
 def test_unet_batch_norm_option_folds_away_at_export():

@@ -6,6 +6,7 @@ and `convert` read datasets the very same way).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ from edgeseg.dataset import DatasetError, Pairs, list_pairs, read_image_rgb, rea
 from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
 __all__ = ["DatasetError", "Pairs", "list_pairs", "select_pairs", "resolve_labels", "load_pixels", "load_example",
-           "make_dataset", "worker_share", "input_rate", "cache_bytes",
+           "make_dataset", "worker_share", "input_rate", "cache_bytes", "source_spec",
            "augment", "class_frequencies", "median_frequency_weights", "enet_weights"]
 
 
@@ -41,11 +42,25 @@ def cache_bytes(num_examples: int, spec: InputSpec) -> int:
     return num_examples * spec.height * spec.width * 4
 
 
+def source_spec(spec: InputSpec, source_scale: float) -> InputSpec:
+    """The spec training images are prepared and cached at: `spec` with its size times
+    `source_scale` (same normalisation), so zoomed crops come from real pixels."""
+    if source_scale == 1.0:
+        return spec
+    return dataclasses.replace(spec, height=int(round(spec.height * source_scale)),
+                               width=int(round(spec.width * source_scale)))
+
+
 def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor, min_scale: float = 1.0,
-            strong_color: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+            strong_color: bool = False, size_hw: tuple[int, int] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Random horizontal flip, zoom in [min_scale, max_scale] then crop (image bilinear, mask
-    NEAREST; a zoom below 1 pads with grey and label 0, which the loss ignores) and colour jitter."""
-    height, width = image.shape[0], image.shape[1]
+    NEAREST; a zoom below 1 pads with grey and label 0, which the loss ignores) and colour jitter.
+
+    `size_hw` is the output (network input) size, zoom 1 = the whole frame at that size; by default
+    the image's own. A larger image (`source_spec`) is resized with antialiasing where it shrinks.
+    """
+    height, width = size_hw or (image.shape[0], image.shape[1])
+    antialias = image.shape[0] > height
     seeds = tf.random.experimental.stateless_split(seed, 6)
     mask = mask[..., tf.newaxis]
     flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
@@ -54,7 +69,7 @@ def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor
     scale = tf.random.stateless_uniform([], seeds[1], min_scale, max_scale)
     new_h = tf.cast(tf.math.ceil(height * scale), tf.int32)
     new_w = tf.cast(tf.math.ceil(width * scale), tf.int32)
-    image = tf.image.resize(image, (new_h, new_w), method="bilinear")
+    image = tf.image.resize(image, (new_h, new_w), method="bilinear", antialias=antialias)
     mask = tf.image.resize(mask, (new_h, new_w), method="nearest")
     if min_scale < 1.0:
         image, mask = _pad_to(image, mask, height, width, tf.random.experimental.stateless_fold_in(seeds[1], 1))
@@ -109,22 +124,26 @@ def make_dataset(
     cache: str = "memory",
     seed: int = 0,
     repeat: bool = False,
+    source_scale: float = 1.0,
 ) -> tf.data.Dataset:
     """Decode -> shared prepare (uint8) -> cache -> (shuffle) -> shared normalize -> (augment) ->
     batch -> prefetch. `batch_size` is the batch this dataset yields (per replica when the caller
-    distributes it itself); `repeat` makes a training set endless (the caller gives the steps)."""
+    distributes it itself); `repeat` makes a training set endless (the caller gives the steps).
+    With augmentation, images are prepared and cached at `source_scale` x the input size
+    (`source_spec`) and the zoomed crop brings them to the input size."""
+    stored = source_spec(spec, source_scale) if training and augment_data else spec
 
     def load(image_path, mask_path):
-        return load_pixels(image_path.decode(), mask_path.decode(), spec, num_classes)
+        return load_pixels(image_path.decode(), mask_path.decode(), stored, num_classes)
 
     def load_tf(image_path, mask_path):
         pixels, mask = tf.numpy_function(load, [image_path, mask_path], (tf.uint8, tf.uint8), stateful=False)
-        pixels = tf.ensure_shape(pixels, (spec.height, spec.width, 3))
-        return pixels, tf.ensure_shape(mask, (spec.height, spec.width))
+        pixels = tf.ensure_shape(pixels, (stored.height, stored.width, 3))
+        return pixels, tf.ensure_shape(mask, (stored.height, stored.width))
 
     def normalize_tf(pixels, mask):
-        image = tf.numpy_function(lambda p: normalize(p, spec), [pixels], tf.float32, stateful=False)
-        return tf.ensure_shape(image, (spec.height, spec.width, 3)), mask
+        image = tf.numpy_function(lambda p: normalize(p, stored), [pixels], tf.float32, stateful=False)
+        return tf.ensure_shape(image, (stored.height, stored.width, 3)), mask
 
     dataset = tf.data.Dataset.from_tensor_slices((list(pairs.images), list(pairs.masks)))
     dataset = dataset.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -140,7 +159,7 @@ def make_dataset(
     if training and augment_data:
         counter = tf.data.Dataset.random(seed=seed).map(lambda x: tf.stack([x, x // 7]))
         dataset = tf.data.Dataset.zip((dataset, counter)).map(
-            lambda pair, s: augment(pair[0], pair[1], max_scale, s, min_scale, strong_color),
+            lambda pair, s: augment(pair[0], pair[1], max_scale, s, min_scale, strong_color, spec.size_hw),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

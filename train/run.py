@@ -232,7 +232,8 @@ def report_input_pipeline(config: TrainConfig, train_pairs, val_pairs, spec: Inp
     rate = data_lib.input_rate(train_pairs, spec, num_classes)
     cache = config.cache
     if cache == "memory":
-        size = data_lib.cache_bytes(len(train_pairs) + len(val_pairs), spec)
+        stored = data_lib.source_spec(spec, config.source_scale) if config.augment else spec
+        size = data_lib.cache_bytes(len(train_pairs), stored) + data_lib.cache_bytes(len(val_pairs), spec)
         cache = f"in memory, {size / 2**20:,.0f} MiB (uint8)"
     print(f"input pipeline: {rate:.1f} images/s decoded and prepared ({os.cpu_count()} CPU cores); cache {cache}")
 
@@ -253,7 +254,8 @@ def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs,
     val_ds = data_lib.make_dataset(val_pairs, spec, num_classes, config.batch_size, training=False,
                                    cache=config.cache).with_options(options)
     common = dict(augment_data=config.augment, max_scale=config.max_scale, min_scale=config.min_scale,
-                  strong_color=config.color_jitter == "strong", cache=config.cache, seed=config.seed)
+                  strong_color=config.color_jitter == "strong", cache=config.cache, seed=config.seed,
+                  source_scale=config.source_scale)
     if cluster.kind != "multi-worker":
         train_ds = data_lib.make_dataset(train_pairs, spec, num_classes, config.batch_size, training=True, **common)
         return train_ds, val_ds, len(train_pairs) // config.batch_size
