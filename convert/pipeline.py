@@ -21,7 +21,7 @@ from . import export
 from .calibration import calibration_images, representative_dataset
 from .report import write_report
 from .source import ConvertError, SourceModel, labels_for, load_source
-from .verify import agreement_on_frames, host_argmax_ms, keras_classes, layer_errors, verify
+from .verify import agreement_on_frames, class_shares, host_argmax_ms, keras_classes, layer_errors, verify
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class _Job:
     provenance: dict
     unseen_frames: list = field(default_factory=list)  # BGR frames of the --check-video clips
     unseen_keras: list = field(default_factory=list)  # the Keras model's class map of each
+    unseen_shares: dict = field(default_factory=dict)  # per clip: the Keras model's top classes by pixel share
 
     def representative(self):
         return representative_dataset(self.calib_paths, self.spec)
@@ -151,9 +152,15 @@ def _prepare(options: ConvertOptions) -> _Job:
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     spec = InputSpec(height=source.height, width=source.width)
-    unseen = [frame for clip in options.check_videos for frame in spaced_frames(clip, options.check_frames)]
-    return _Job(options, source, pairs, labels_for(source, options.eval_data), spec, calib_paths, provenance,
-                unseen, keras_classes(source, unseen, spec))
+    labels = labels_for(source, options.eval_data)
+    clips = {Path(clip).name: spaced_frames(clip, options.check_frames) for clip in options.check_videos}
+    unseen = [frame for frames in clips.values() for frame in frames]
+    maps = keras_classes(source, unseen, spec)
+    shares, start = {}, 0
+    for name, frames in clips.items():
+        shares[name] = class_shares(maps[start : start + len(frames)], labels.names)
+        start += len(frames)
+    return _Job(options, source, pairs, labels, spec, calib_paths, provenance, unseen, maps, shares)
 
 
 def run(options: ConvertOptions) -> dict:
@@ -170,8 +177,8 @@ def run(options: ConvertOptions) -> dict:
         "calibration": {"folder": str(options.calib_data), "split": options.calib_split,
                         "count": len(job.calib_paths), "seed": options.seed} if job.calib_paths else {},
         "evaluation": {"folder": str(options.eval_data), "split": options.eval_split, "images": len(job.pairs)},
-        "unseen_clips": {"videos": [str(v) for v in options.check_videos], "frames": options.check_frames}
-        if options.check_videos else {},
+        "unseen_clips": {"videos": [str(v) for v in options.check_videos], "frames": options.check_frames,
+                         "keras_class_shares": job.unseen_shares} if options.check_videos else {},
         "thresholds": {"min_agreement": options.min_agreement, "max_miou_drop": options.max_miou_drop},
         "models": [],
     }

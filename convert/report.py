@@ -63,6 +63,12 @@ def to_markdown(report: dict) -> str:
                   f" without, plus {a['host_argmax_ms']:.2f} ms of host-side argmax that it saves."]
     if report.get("edgetpu"):
         lines += ["", f"Edge TPU: {report['edgetpu']}"]
+    shares = (report.get("unseen_clips") or {}).get("keras_class_shares")
+    if shares:
+        lines += ["", "What the Keras model calls the unseen clips (share of pixels; agreement cannot show a"
+                  " scene both models get wrong, this can; compare candidate models here):", ""]
+        lines += [f"- `{clip}`: " + ", ".join(f"{name} {100 * share:.0f} %" for name, share in top.items())
+                  for clip, top in shares.items()]
     per_class = {r["path"]: r["verification"]["per_class_iou"] for r in report["models"]}
     for path, table in per_class.items():
         lines += ["", f"Per-class IoU, `{Path(path).name}`:", "", "| class | Keras | TFLite | diff |", "|---|---|---|---|"]

@@ -129,6 +129,17 @@ def keras_classes(source: SourceModel, frames_bgr: list[np.ndarray], spec: Input
             for frame in frames_bgr]
 
 
+def class_shares(maps: list[np.ndarray], names: list[str], top: int = 5) -> dict[str, float]:
+    """The `top` classes by share of the pixels of `maps`, largest first ({name: share}). On
+    unlabelled footage unlike the training data, an implausible mix (a car park called building)
+    shows what agreement with Keras cannot: that both are wrong."""
+    counts = np.zeros(len(names), np.int64)
+    for classes in maps:
+        counts += np.bincount(classes.ravel(), minlength=len(names))[: len(names)]
+    shares = counts / max(1, counts.sum())
+    return {names[i]: round(float(shares[i]), 4) for i in np.argsort(-shares, kind="stable")[:top] if shares[i] > 0}
+
+
 def agreement_on_frames(model_path: Path, frames_bgr: list[np.ndarray], keras_maps: list[np.ndarray]) -> float:
     """Share of pixels where `model_path` (through the runtime's Segmenter) and the Keras model pick
     the same class, on unlabelled frames: fidelity on footage neither model was trained or

@@ -62,6 +62,21 @@ def test_all_writes_float16_int8_and_reports(exported):
     assert v16["agreement_unseen"] > 0.98 and 0.5 < v8["agreement_unseen"] <= v16["agreement_unseen"] + 0.01
     md = (exported / "tiny_report.md").read_text()
     assert "| `tiny_int8.tflite` |" in md and "Per-class IoU" in md and "Unseen clips: 6 evenly spaced frames" in md
+    # and what the Keras model calls those frames: the top classes by pixel share, largest first
+    shares = report["unseen_clips"]["keras_class_shares"]["vtest.avi"]
+    assert 0 < len(shares) <= 5 and list(shares.values()) == sorted(shares.values(), reverse=True)
+    names = Segmenter(SegmenterOptions(exported / "tiny_int8.tflite")).labels.names
+    assert set(shares) <= set(names) and 0.2 < sum(shares.values()) <= 1.0
+    assert "- `vtest.avi`: " in md
+
+
+def test_class_shares_rank_the_classes_of_the_maps():
+    from convert.verify import class_shares
+
+    maps = [np.array([[1, 1, 2], [2, 2, 3]], np.uint8), np.array([[2, 0, 0]], np.uint8)]
+    names = ["unlabelled", "sky", "road", "car", "tree"]
+    assert class_shares(maps, names) == {"road": 0.4444, "sky": 0.2222, "unlabelled": 0.2222, "car": 0.1111}
+    assert list(class_shares(maps, names, top=1)) == ["road"]
 
 
 def test_agreement_on_unseen_frames_is_gated_like_the_agreement():
