@@ -140,6 +140,32 @@ def _separable(x, filters: int, stride: int, name: str):
     return layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
 
 
+def _channels(width_multiplier: float) -> Callable[[int], int]:
+    """Channel count scaled by `width_multiplier`, a multiple of 8 and at least 8."""
+    return lambda channels: max(8, int(round(channels * width_multiplier / 8)) * 8)
+
+
+def _stem(height: int, width: int, ch: Callable[[int], int]):
+    """The input and unet-lite's 1/2-resolution start: 3x3 stride-2 conv, then one separable block."""
+    inputs = keras.Input((height, width, 3), name="image")
+    x = layers.Conv2D(ch(24), 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = _batch_norm("stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    return inputs, _separable(x, ch(32), 1, "enc1")
+
+
+def _encoder(x, stages: list[tuple[int, int]], repeat: Callable):
+    """Stride-2 separable block + (repeats - 1) `repeat(x, name)` blocks per stage; returns the
+    output and the skips (the stem's output, then each stage's)."""
+    skips = [x]
+    for level, (filters, repeats) in enumerate(stages, start=2):
+        x = _separable(x, filters, 2, f"enc{level}_0")
+        for index in range(1, repeats):
+            x = repeat(x, f"enc{level}_{index}")
+        skips.append(x)
+    return x, skips
+
+
 @_register("unet-lite")
 def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float = 1.0) -> keras.Model:
     """A narrow MobileNet-style U-Net for edge devices (~0.5 GFLOP at 256x192).
@@ -149,21 +175,10 @@ def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float
     (no fused activation), 1x1 head and a final bilinear x2 resize of the logits.
     """
 
-    def ch(channels: int) -> int:
-        return max(8, int(round(channels * width_multiplier / 8)) * 8)
-
-    inputs = keras.Input((height, width, 3), name="image")
-    x = layers.Conv2D(ch(24), 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = _batch_norm("stem_bn")(x)
-    x = layers.ReLU(6.0, name="stem_relu")(x)
-    x = _separable(x, ch(32), 1, "enc1")  # 1/2
-    skips = [x]
-    stages = [(ch(48), 2), (ch(96), 2), (ch(160), 3)]  # 1/4, 1/8, 1/16
-    for level, (filters, repeats) in enumerate(stages, start=2):
-        x = _separable(x, filters, 2, f"enc{level}_0")
-        for index in range(1, repeats):
-            x = _separable(x, filters, 1, f"enc{level}_{index}")
-        skips.append(x)
+    ch = _channels(width_multiplier)
+    inputs, x = _stem(height, width, ch)
+    repeat = lambda x, name: _separable(x, x.shape[-1], 1, name)  # noqa: E731
+    x, skips = _encoder(x, [(ch(48), 2), (ch(96), 2), (ch(160), 3)], repeat)  # 1/4, 1/8, 1/16
     x = _separable(x, ch(256), 2, "bottom_0")  # 1/32
     x = _separable(x, ch(256), 1, "bottom_1")
     decoder = [ch(128), ch(96), ch(64), ch(48)]
@@ -207,21 +222,9 @@ def unet_lite2(height: int, width: int, num_classes: int, width_multiplier: floa
     a 1x1 reduction at 1/4 (in unet-lite that one stage was a third of the FLOPs).
     """
 
-    def ch(channels: int) -> int:
-        return max(8, int(round(channels * width_multiplier / 8)) * 8)
-
-    inputs = keras.Input((height, width, 3), name="image")
-    x = layers.Conv2D(ch(24), 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = _batch_norm("stem_bn")(x)
-    x = layers.ReLU(6.0, name="stem_relu")(x)
-    x = _separable(x, ch(32), 1, "enc1")  # 1/2
-    skips = [x]
-    stages = [(ch(48), 2), (ch(96), 3), (ch(192), 4)]  # 1/4, 1/8, 1/16
-    for level, (filters, repeats) in enumerate(stages, start=2):
-        x = _separable(x, filters, 2, f"enc{level}_0")
-        for index in range(1, repeats):
-            x = _residual(x, f"enc{level}_{index}")
-        skips.append(x)
+    ch = _channels(width_multiplier)
+    inputs, x = _stem(height, width, ch)
+    x, skips = _encoder(x, [(ch(48), 2), (ch(96), 3), (ch(192), 4)], _residual)  # 1/4, 1/8, 1/16
     x = _separable(x, ch(256), 2, "bottom_0")  # 1/32
     for index in (1, 2):
         x = _residual(x, f"bottom_{index}")
