@@ -21,7 +21,7 @@ from . import export
 from .calibration import calibration_images, representative_dataset
 from .report import write_report
 from .source import ConvertError, SourceModel, labels_for, load_source
-from .verify import agreement_on_frames, class_shares, host_argmax_ms, keras_classes, layer_errors, verify
+from .verify import agreement_on_frames, host_argmax_ms, keras_classes, layer_errors, top_classes, verify
 
 
 @dataclass(frozen=True)
@@ -154,13 +154,11 @@ def _prepare(options: ConvertOptions) -> _Job:
     spec = InputSpec(height=source.height, width=source.width)
     labels = labels_for(source, options.eval_data)
     clips = {Path(clip).name: spaced_frames(clip, options.check_frames) for clip in options.check_videos}
-    unseen = [frame for frames in clips.values() for frame in frames]
-    maps = keras_classes(source, unseen, spec)
-    shares, start = {}, 0
-    for name, frames in clips.items():
-        shares[name] = class_shares(maps[start : start + len(frames)], labels.names)
-        start += len(frames)
-    return _Job(options, source, pairs, labels, spec, calib_paths, provenance, unseen, maps, shares)
+    maps = {name: keras_classes(source, frames, spec) for name, frames in clips.items()}
+    return _Job(options, source, pairs, labels, spec, calib_paths, provenance,
+                [frame for frames in clips.values() for frame in frames],
+                [classes for per_clip in maps.values() for classes in per_clip],
+                {name: top_classes(per_clip, labels.names) for name, per_clip in maps.items()})
 
 
 def run(options: ConvertOptions) -> dict:

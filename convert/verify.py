@@ -16,6 +16,7 @@ import numpy as np
 from edgeseg.dataset import Pairs
 from edgeseg.evaluate import Tally, labelled_pairs
 from edgeseg.labels import LabelSet
+from edgeseg.overlay import class_shares
 from edgeseg.preprocess import InputSpec, preprocess
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 
@@ -129,14 +130,13 @@ def keras_classes(source: SourceModel, frames_bgr: list[np.ndarray], spec: Input
             for frame in frames_bgr]
 
 
-def class_shares(maps: list[np.ndarray], names: list[str], top: int = 5) -> dict[str, float]:
-    """The `top` classes by share of the pixels of `maps`, largest first ({name: share}). On
-    unlabelled footage unlike the training data, an implausible mix (a car park called building)
-    shows what agreement with Keras cannot: that both are wrong."""
-    counts = np.zeros(len(names), np.int64)
-    for classes in maps:
-        counts += np.bincount(classes.ravel(), minlength=len(names))[: len(names)]
-    shares = counts / max(1, counts.sum())
+def top_classes(maps: list[np.ndarray], names: list[str], top: int = 5) -> dict[str, float]:
+    """The `top` classes by share of all the pixels of `maps` (the runtime's `overlay.class_shares`
+    per map, weighted by its size), largest first ({name: share}). On unlabelled footage unlike the
+    training data, an implausible mix (a car park called building) shows what agreement with Keras
+    cannot: that both are wrong."""
+    shares = np.average([class_shares(classes, len(names)) for classes in maps], axis=0,
+                        weights=[classes.size for classes in maps])
     return {names[i]: round(float(shares[i]), 4) for i in np.argsort(-shares, kind="stable")[:top] if shares[i] > 0}
 
 

@@ -70,13 +70,13 @@ def test_all_writes_float16_int8_and_reports(exported):
     assert "- `vtest.avi`: " in md
 
 
-def test_class_shares_rank_the_classes_of_the_maps():
-    from convert.verify import class_shares
+def test_top_classes_rank_the_classes_of_the_maps():
+    from convert.verify import top_classes
 
     maps = [np.array([[1, 1, 2], [2, 2, 3]], np.uint8), np.array([[2, 0, 0]], np.uint8)]
     names = ["unlabelled", "sky", "road", "car", "tree"]
-    assert class_shares(maps, names) == {"road": 0.4444, "sky": 0.2222, "unlabelled": 0.2222, "car": 0.1111}
-    assert list(class_shares(maps, names, top=1)) == ["road"]
+    assert top_classes(maps, names) == {"road": 0.4444, "sky": 0.2222, "unlabelled": 0.2222, "car": 0.1111}
+    assert list(top_classes(maps, names, top=1)) == ["road"]
 
 
 def test_agreement_on_unseen_frames_is_gated_like_the_agreement():

@@ -177,8 +177,7 @@ def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float
 
     ch = _channels(width_multiplier)
     inputs, x = _stem(height, width, ch)
-    repeat = lambda x, name: _separable(x, x.shape[-1], 1, name)  # noqa: E731
-    x, skips = _encoder(x, [(ch(48), 2), (ch(96), 2), (ch(160), 3)], repeat)  # 1/4, 1/8, 1/16
+    x, skips = _encoder(x, [(ch(48), 2), (ch(96), 2), (ch(160), 3)], _repeat)  # 1/4, 1/8, 1/16
     x = _separable(x, ch(256), 2, "bottom_0")  # 1/32
     x = _separable(x, ch(256), 1, "bottom_1")
     decoder = [ch(128), ch(96), ch(64), ch(48)]
@@ -191,9 +190,14 @@ def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float
     return keras.Model(inputs, logits, name="unet_lite")
 
 
+def _repeat(x, name: str):
+    """A separable block that keeps the channel count: a repeat block of unet-lite."""
+    return _separable(x, x.shape[-1], 1, name)
+
+
 def _residual(x, name: str):
-    """x + separable(x): a repeat block of unet-lite2 (ADD maps to the Edge TPU)."""
-    return layers.Add(name=f"{name}_add")([x, _separable(x, x.shape[-1], 1, name)])
+    """x + _repeat(x): a repeat block of unet-lite2 (ADD maps to the Edge TPU)."""
+    return layers.Add(name=f"{name}_add")([x, _repeat(x, name)])
 
 
 def _image_pooling(x, filters: int, name: str):
