@@ -58,3 +58,20 @@ def test_demo_writes_a_playable_video_with_every_frame_and_a_contact_sheet(tmp_p
     assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 960 and capture.get(cv2.CAP_PROP_FRAME_HEIGHT) == 540
     sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 960
+
+
+def test_clip_shares_tool_reports_what_the_bundled_model_calls_the_dashcam_clip(tmp_path):
+    tool = [sys.executable, str(REPO / "tools" / "clip_shares.py")]
+    model = MODELS / "camvid_lite_int8.tflite"
+    done = subprocess.run([*tool, str(model), "--clip", str(REPO / "edgeseg/assets/solidWhiteRight.mp4"),
+                           "--frames", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.strip().splitlines()[-1]
+    assert row.startswith(f"| `{model}` |")
+    shares = dict(item.rsplit(" ", 1) for item in row.split("|")[2].strip().split(", "))
+    # a dashcam on a highway: mostly sky and road, whatever else the model sees
+    assert set(list(shares)[:2]) == {"sky", "road"}, row
+    assert sum(float(v.rstrip("%")) for v in shares.values()) <= 100.5
+    missing = subprocess.run([*tool, str(tmp_path / "nope.tflite")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "nope.tflite is not a file" in missing.stderr
+    assert "Traceback" not in missing.stderr
