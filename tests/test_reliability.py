@@ -430,6 +430,7 @@ def test_usage_mistakes_are_one_line_in_all_four_command_lines(command, fragment
     ("optimizer: sgd", "optimizer is 'sgd'; choose one of radam, adamw"),
     ("train_prefixes: 0006R0", "train_prefixes is '0006R0' (str); expected a list"),
     ("min_scale: 1.5", "min_scale 1.5 must be <= 1 and <= max_scale"),
+    ("image_pooling: false", "image_pooling false applies to unet-lite2 only, not unet-lite"),
 ])
 def test_config_values_are_checked_when_read(tmp_path, line, fragment):
     config = tmp_path / "bad.yaml"

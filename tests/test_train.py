@@ -222,6 +222,12 @@ def test_unet_has_no_two_channel_bottleneck_and_lite_is_under_a_gigaflop():
     # unet-lite2 keeps unet-lite's FLOPs at 320x256 (within 5 %): it moves compute, it does not add it
     ratio = count_flops(build_model("unet-lite2", 256, 320, 12)) / count_flops(build_model("unet-lite", 256, 320, 12))
     assert 0.95 < ratio < 1.05
+    # without its image-pooling branch unet-lite2 has no global op left, and costs a little less
+    plain = build_model("unet-lite2", 256, 320, 12, image_pooling=False)
+    assert not any(isinstance(layer, keras.layers.GlobalAveragePooling2D) for layer in plain.layers)
+    assert any(isinstance(layer, keras.layers.GlobalAveragePooling2D)
+               for layer in build_model("unet-lite2", 256, 320, 12).layers)
+    assert 0.9 < count_flops(plain) / count_flops(build_model("unet-lite2", 256, 320, 12)) < 1.0
 
 
 def test_unet_batch_norm_option_folds_away_at_export():

@@ -22,6 +22,8 @@ class TrainConfig:
         architecture: ``"unet"``, ``"unet-lite"`` or ``"unet-lite2"``.
         height, width: network input size (non-square allowed).
         width_multiplier: channel scale of unet-lite(2); base_filters: first-level width of unet.
+        image_pooling: unet-lite2 only: its global image-pooling context branch at 1/32 (off = the
+            residual encoder alone).
         batch_norm: unet only: BatchNorm after every conv (off = the tutorial; on = int8-friendly).
         optimizer: ``"radam"`` (rectified Adam, the tutorial's) or ``"adamw"``.
         lr_schedule: ``"constant"`` (the tutorial) or ``"cosine"`` (with linear warm-up).
@@ -58,6 +60,7 @@ class TrainConfig:
     width: int = 128
     base_filters: int = 64
     width_multiplier: float = 1.0
+    image_pooling: bool = True
     batch_norm: bool = False
     batch_size: int = 5
     epochs: int = 20
@@ -99,6 +102,9 @@ class TrainConfig:
         if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"{where}: warmup_epochs {self.warmup_epochs} is not shorter than epochs {self.epochs};"
                               " the learning rate would never leave its warm-up: lower warmup_epochs")
+        if not self.image_pooling and self.architecture != "unet-lite2":
+            raise ConfigError(f"{where}: image_pooling false applies to unet-lite2 only, not {self.architecture}:"
+                              " remove the key or set architecture: unet-lite2")
         if self.min_scale > min(1.0, self.max_scale):
             raise ConfigError(f"{where}: min_scale {self.min_scale} must be <= 1 and <= max_scale {self.max_scale}")
 

@@ -217,13 +217,16 @@ def _image_pooling(x, filters: int, name: str):
 
 
 @_register("unet-lite2")
-def unet_lite2(height: int, width: int, num_classes: int, width_multiplier: float = 1.0) -> keras.Model:
+def unet_lite2(height: int, width: int, num_classes: int, width_multiplier: float = 1.0,
+               image_pooling: bool = True) -> keras.Model:
     """unet-lite with its compute moved from the full-resolution decoder into the encoder.
 
     Same ops as unet-lite plus ADD and MEAN (all Edge-TPU mappable), about the same FLOPs:
     residual repeats in a deeper, wider encoder (1/8: 3 blocks of 96, 1/16: 4 of 192, 1/32: 3 of
     256), image-pooling context at 1/32, and a 1/2-resolution decoder stage of 32 channels fed by
     a 1x1 reduction at 1/4 (in unet-lite that one stage was a third of the FLOPs).
+    `image_pooling=False` leaves the context branch out (one global vector steering every pixel
+    misled it on footage unlike the training drives; see configs/lodo/README.md).
     """
 
     ch = _channels(width_multiplier)
@@ -232,7 +235,8 @@ def unet_lite2(height: int, width: int, num_classes: int, width_multiplier: floa
     x = _separable(x, ch(256), 2, "bottom_0")  # 1/32
     for index in (1, 2):
         x = _residual(x, f"bottom_{index}")
-    x = _image_pooling(x, ch(128), "context")
+    if image_pooling:
+        x = _image_pooling(x, ch(128), "context")
     for skip, filters, level in zip(reversed(skips[1:]), [ch(128), ch(96), ch(64)], range(4, 1, -1)):
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skip])

@@ -68,6 +68,8 @@ def build_from_config(config: TrainConfig, num_classes: int, synchronized_bn: bo
         extra = {"base_filters": config.base_filters, "batch_norm": config.batch_norm}
     else:
         extra = {"width_multiplier": config.width_multiplier}
+    if config.architecture == "unet-lite2":
+        extra["image_pooling"] = config.image_pooling
     return build_model(config.architecture, config.height, config.width, num_classes,
                        synchronized_bn=synchronized_bn, **extra)
 
