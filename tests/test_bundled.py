@@ -75,3 +75,17 @@ def test_clip_shares_tool_reports_what_the_bundled_model_calls_the_dashcam_clip(
     missing = subprocess.run([*tool, str(tmp_path / "nope.tflite")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "nope.tflite is not a file" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_lodo_ensemble_tool_scores_members_and_their_mean_on_a_drive():
+    """The same model twice: its mean softmax picks the same classes, so the ensemble's mIoU is the member's."""
+    model = MODELS / "camvid_lite.keras"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "lodo_ensemble.py"), "--data", str(shared("camvid")),
+                           "--drive", "0006R0_f009", "--drive", "0006R0_f010", str(model), str(model)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("6 frames of 0006R0_f009, 0006R0_f010"), lines[0]
+    scores = [float(line.split()[0]) for line in lines[1:]]
+    assert len(scores) == 3 and scores[0] == scores[1] == scores[2]
+    assert 0.3 < scores[0] < 1.0  # trained on these frames: well above chance (1/11)

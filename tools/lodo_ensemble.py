@@ -1,0 +1,71 @@
+"""Score Keras models, and the average of their softmax outputs, on the frames of held-out drives.
+
+    python tools/lodo_ensemble.py --drive 0006R0 runs/lodo/robust320_hold_0006R0/last.keras \\
+        runs/lodo/lite2_hold_0006R0/last.keras runs/lodo/src15_hold_0006R0/last.keras
+
+How much an ensemble of leave-one-drive-out models gains over its members on the drive none of them
+saw is the most a distilled single model could gain (configs/lodo/README.md). Each model sees the
+frame through the shared preprocessing at its own input size; probabilities are averaged at the
+first model's output size; every class map is scored like `edgeseg eval` (resized NEAREST to the
+full annotation, label 0 ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("models", nargs="+", type=Path, help=".keras models with the dataset's classes")
+    parser.add_argument("--data", type=Path, default=ROOT / "../shared/data/camvid", help="dataset root (ADE layout)")
+    parser.add_argument("--drive", action="append", required=True, help="file-name prefix of the held-out frames")
+    parser.add_argument("--splits", default="training+validation")
+    args = parser.parse_args(argv)
+    for path in args.models:
+        if not path.is_file():
+            print(f"error: {path} is not a file; pass trained .keras models", file=sys.stderr)
+            return 2
+    from edgeseg.dataset import resolve_labels, select_pairs
+    from edgeseg.evaluate import Tally, labelled_pairs
+    from edgeseg.extras import load_keras_model
+    from edgeseg.preprocess import InputSpec, preprocess
+
+    pairs = select_pairs(args.data, args.splits, args.drive)
+    labels = resolve_labels(args.data)
+    models = [load_keras_model(path) for path in args.models]
+    tallies = [Tally(labels.num_classes) for _ in models]
+    together = Tally(labels.num_classes)
+    for image, truth in labelled_pairs(pairs, labels, desc="held-out frames"):
+        probabilities = []
+        for model, tally in zip(models, tallies):
+            height, width = model.input_shape[1:3]
+            logits = np.asarray(model(preprocess(image, InputSpec(height=height, width=width))[np.newaxis],
+                                      training=False))[0]
+            tally.add(truth, logits.argmax(axis=-1).astype(np.uint8))
+            if probabilities and logits.shape[:2] != probabilities[0].shape[:2]:
+                logits = cv2.resize(logits, probabilities[0].shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            probabilities.append(softmax(logits))
+        together.add(truth, np.mean(probabilities, axis=0).argmax(axis=-1).astype(np.uint8))
+    print(f"{len(pairs.images)} frames of {', '.join(args.drive)}; mIoU (label 0 ignored):")
+    for path, tally in zip(args.models, tallies):
+        print(f"  {tally.accuracy().miou:.4f}  {path}")
+    print(f"  {together.accuracy().miou:.4f}  mean of the {len(models)} softmax outputs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
