@@ -37,7 +37,8 @@ bundle: setup                   ## retrain and re-export the bundled model (one 
 	ln -sf ../edgeseg/assets/camvid_lite_int8.tflite models/camvid_lite_int8.tflite
 
 lodo: setup                     ## the leave-one-drive-out runs that chose the bundled recipe (configs/lodo/README.md)
-	for config in configs/lodo/*.yaml; do $(BIN)/python -m train --config $$config || exit 1; done
+	for config in $$(ls configs/lodo/*.yaml | grep -v /distill) configs/lodo/distill*.yaml; do \
+	  $(BIN)/python -m train --config $$config || exit 1; done   # distillation runs need their teachers first
 
 seed: setup                     ## train + convert the seed-size U-Net (tutorial architecture, half width, BatchNorm), not committed
 	$(BIN)/python -m train --config configs/camvid_unet_seed_bn.yaml

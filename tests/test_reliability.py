@@ -431,6 +431,8 @@ def test_usage_mistakes_are_one_line_in_all_four_command_lines(command, fragment
     ("train_prefixes: 0006R0", "train_prefixes is '0006R0' (str); expected a list"),
     ("min_scale: 1.5", "min_scale 1.5 must be <= 1 and <= max_scale"),
     ("image_pooling: false", "image_pooling false applies to unet-lite2 only, not unet-lite"),
+    ("distill_weight: 1.5", "distill_weight is 1.5; it must be between 0 and 1"),
+    ("teachers: [7]", "teachers is [7]; expected a list of model paths (text)"),
 ])
 def test_config_values_are_checked_when_read(tmp_path, line, fragment):
     config = tmp_path / "bad.yaml"

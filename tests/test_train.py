@@ -435,6 +435,74 @@ def test_init_from_copies_matching_weights_and_refuses_a_different_network(tiny_
         init_weights(same, tmp_path / "missing.keras")
 
 
+def test_distillation_targets_carry_the_teachers_softmax_and_the_loss_blends_them(tiny_run, tiny_keras, camvid):
+    import keras
+
+    from conftest import TINY_HW
+    from train.config import TrainConfig
+    from train.data import make_dataset, select_pairs
+    from train.losses import MaskedCrossEntropy, MeanIoU
+    from train.run import input_spec, load_teachers, with_teachers
+
+    teacher = str(tiny_run / "best.keras")
+    config = TrainConfig(architecture="unet-lite", height=TINY_HW[0], width=TINY_HW[1], teachers=[teacher, teacher])
+    spec = input_spec(config)
+    pairs = select_pairs(camvid, "training", max_examples=8)
+    batches = make_dataset(pairs, spec, 12, 4, training=True, augment_data=True, max_scale=1.5, seed=3)
+    images, packed = next(iter(with_teachers(batches, load_teachers(config, spec, 12))))
+    images, packed = np.asarray(images), np.asarray(packed)
+    assert packed.shape == (4, *TINY_HW, 13)
+    masks, soft = packed[..., 0], packed[..., 1:]
+    assert np.array_equal(masks, masks.round()) and masks.max() <= 11 and (masks > 0).any()
+    logits = np.asarray(tiny_keras(images, training=False))
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(soft, expected, atol=1e-5)  # two copies of one teacher: its own softmax
+
+    # loss: per labelled pixel (1 - w) * CE(label) + w * CE(teachers), weighted by the label's class weight
+    student = np.random.default_rng(0).normal(size=logits.shape).astype(np.float32)
+    log_p = student - student.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    labels = masks.astype(int)
+    hard = -np.take_along_axis(log_p, labels[..., None], -1)[..., 0]
+    distilled = -(soft * log_p).sum(-1)
+    class_weights = np.linspace(0.0, 2.0, 12)
+    weight = class_weights[labels] * (labels > 0)
+    for share in (0.0, 0.3, 1.0):
+        want = ((1 - share) * hard + share * distilled)[weight > 0] @ weight[weight > 0] / weight.sum()
+        got = float(MaskedCrossEntropy(class_weights.tolist(), distill_weight=share)(packed, student))
+        assert got == pytest.approx(want, rel=1e-4), share
+    got = float(MaskedCrossEntropy(class_weights.tolist(), distill_weight=0.7)(masks.astype(np.uint8), student))
+    assert got == pytest.approx((hard[weight > 0] @ weight[weight > 0]) / weight.sum(), rel=1e-4)  # plain masks: labels only
+    metric = MeanIoU(12)
+    metric.update_state(packed, keras.ops.convert_to_tensor(logits))
+    plain = MeanIoU(12)
+    plain.update_state(masks.astype(np.uint8), keras.ops.convert_to_tensor(logits))
+    assert float(metric.result()) == float(plain.result()) > 0  # metrics read the mask channel
+
+
+def test_a_distilled_run_trains_and_refuses_teachers_that_do_not_fit(tiny_run, tmp_path, camvid):
+    import csv
+
+    from conftest import TINY_HW
+    from train.config import TrainConfig
+    from train.run import fit, input_spec, load_teachers
+
+    config = TrainConfig(data_dir=str(camvid), run_dir=str(tmp_path / "student"), architecture="unet-lite2",
+                         height=TINY_HW[0], width=TINY_HW[1], width_multiplier=0.5, batch_size=8, epochs=2,
+                         max_examples=16, sample_images=0, seed=2, teachers=[str(tiny_run / "best.keras")],
+                         distill_weight=0.5)
+    result = fit(config)
+    assert 0 <= result["miou"] <= 1
+    rows = list(csv.DictReader(open(tmp_path / "student" / "history.csv")))
+    assert len(rows) == 2 and all(np.isfinite(float(row["loss"])) for row in rows)
+    bigger = config.replace(height=96, width=128)
+    with pytest.raises(ValueError, match=r"takes 96x64 input with 12 classes; this run needs 128x96"):
+        load_teachers(bigger, input_spec(bigger), 12)
+    with pytest.raises(ValueError, match="not found"):
+        load_teachers(config.replace(teachers=[str(tmp_path / "nope.keras")]), input_spec(config), 12)
+
+
 def test_throughput_command_measures_real_training_steps(camvid, tmp_path):
     import json
 

@@ -46,6 +46,10 @@ class TrainConfig:
         cache: ``"memory"``, ``"none"`` or a file path for tf.data's cache.
         init_from: a ``.keras`` model of the same architecture, size and class count whose weights start
             this run (fine-tuning, or a second cosine cycle after a first run); ``""`` = random init.
+        teachers: ``.keras`` models (same input size and classes, any architecture) to distil from: the
+            mean of their softmax outputs on each augmented training crop joins the labels as the target;
+            empty = no distillation.
+        distill_weight: the teachers' share of each labelled pixel's target (0..1; the labels have the rest).
     """
 
     data_dir: str = "data/ADEChallengeData2016"
@@ -83,6 +87,8 @@ class TrainConfig:
     seed: int = 42
     sample_images: int = 4
     init_from: str = ""
+    teachers: list = field(default_factory=list)
+    distill_weight: float = 0.5
     extra: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -105,6 +111,8 @@ class TrainConfig:
         if not self.image_pooling and self.architecture != "unet-lite2":
             raise ConfigError(f"{where}: image_pooling false applies to unet-lite2 only, not {self.architecture}:"
                               " remove the key or set architecture: unet-lite2")
+        if self.distill_weight > 1:
+            raise ConfigError(f"{where}: distill_weight is {self.distill_weight!r}; it must be between 0 and 1")
         if self.min_scale > min(1.0, self.max_scale):
             raise ConfigError(f"{where}: min_scale {self.min_scale} must be <= 1 and <= max_scale {self.max_scale}")
 
@@ -153,7 +161,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "height": (1, True), "width": (1, True), "base_filters": (1, True), "width_multiplier": (0, False),
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
-    "source_scale": (1, True), "max_examples": (0, True),
+    "source_scale": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
     "sample_images": (0, True), "seed": (0, True),
 }
 TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping",
@@ -179,7 +187,8 @@ def _check_field(key: str, value, where: str) -> None:
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: {key} is {value!r}; choose one of {', '.join(CHOICES[key])}")
     if kind is list and not all(isinstance(item, str) and item for item in value):
-        raise ConfigError(f"{where}: {key} is {value!r}; expected a list of file-name prefixes (text)")
+        what = "model paths" if key == "teachers" else "file-name prefixes"
+        raise ConfigError(f"{where}: {key} is {value!r}; expected a list of {what} (text)")
     if key in MINIMUM:
         low, inclusive = MINIMUM[key]
         if value < low or (value == low and not inclusive):

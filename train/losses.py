@@ -9,6 +9,20 @@ from keras import ops
 from edgeseg.labels import IGNORE_INDEX
 
 
+def pack_targets(masks, teacher_probabilities):
+    """One target tensor for distillation: channel 0 the label mask, channels 1.. the teachers'
+    class probabilities (Keras passes a model with one output one target)."""
+    masks = ops.cast(masks, "float32")[..., None]
+    return ops.concatenate([masks, ops.cast(teacher_probabilities, "float32")], axis=-1)
+
+
+def split_targets(y_true):
+    """(label mask, teacher probabilities or None) of a plain mask or a `pack_targets` tensor."""
+    if len(y_true.shape) == 4:
+        return ops.cast(y_true[..., 0], "int32"), y_true[..., 1:]
+    return ops.cast(y_true, "int32"), None
+
+
 @keras.saving.register_keras_serializable(package="edgeseg")
 class MaskedCrossEntropy(keras.losses.Loss):
     """Softmax cross-entropy on logits over labelled pixels only, optionally class-weighted.
@@ -17,16 +31,25 @@ class MaskedCrossEntropy(keras.losses.Loss):
     does not depend on how much of a batch is not labelled. Under a distribution strategy each
     replica's value is divided by the replica count, as Keras does for its own mean-reduced losses
     (the replicas' gradients are summed); Keras undoes that for the logged loss.
+
+    Distillation (Hinton et al. 2015): when the target carries teacher probabilities
+    (`pack_targets`), each labelled pixel's target is ``(1 - distill_weight) * one_hot(label) +
+    distill_weight * teachers``, weighted by its label's class weight as before.
     """
 
-    def __init__(self, class_weights: list[float] | None = None, name: str = "masked_cross_entropy", **kwargs):
+    def __init__(self, class_weights: list[float] | None = None, distill_weight: float = 0.0,
+                 name: str = "masked_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.distill_weight = float(distill_weight)
 
     def call(self, y_true, y_pred):
-        labels = ops.cast(y_true, "int32")
+        labels, teachers = split_targets(y_true)
         logits = ops.cast(y_pred, "float32")
         per_pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        if teachers is not None and self.distill_weight > 0:
+            soft = -ops.sum(ops.cast(teachers, "float32") * ops.log_softmax(logits, axis=-1), axis=-1)
+            per_pixel = (1.0 - self.distill_weight) * per_pixel + self.distill_weight * soft
         if self.class_weights is None:
             weights = ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")
         else:
@@ -36,7 +59,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
         return loss / _replicas_in_sync()
 
     def get_config(self):
-        return {**super().get_config(), "class_weights": self.class_weights}
+        return {**super().get_config(), "class_weights": self.class_weights, "distill_weight": self.distill_weight}
 
 
 def _replicas_in_sync() -> float:
@@ -61,7 +84,7 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
                                         dtype="float64")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        labels = ops.reshape(split_targets(y_true)[0], (-1,))
         predicted = ops.reshape(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), (-1,))
         keep = ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float64")
         index = labels * self.num_classes + predicted

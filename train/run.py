@@ -21,7 +21,7 @@ from . import data as data_lib
 from .callbacks import BestCheckpoint, CurvesPlot, EpochLog, PredictionGrid, plot_curves
 from .config import TrainConfig
 from .distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
-from .losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy
+from .losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy, pack_targets
 from .models import build_model, check_input_size, count_flops
 from .optim import RectifiedAdam
 
@@ -136,7 +136,9 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     spec = input_spec(config)
     class_weights = compute_class_weights(config, train_pairs, labels)
     report_input_pipeline(config, train_pairs, val_pairs, spec, labels.num_classes)
-    train_ds, val_ds, steps_per_epoch = make_datasets(config, cluster, train_pairs, val_pairs, spec, labels.num_classes)
+    teachers = load_teachers(config, spec, labels.num_classes)
+    train_ds, val_ds, steps_per_epoch = make_datasets(config, cluster, train_pairs, val_pairs, spec, labels.num_classes,
+                                                      teachers)
 
     with cluster.strategy.scope():
         model = build_from_config(config, labels.num_classes, synchronized_bn=cluster.replicas > 1)
@@ -144,7 +146,7 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
             init_weights(model, Path(config.init_from))
         model.compile(
             optimizer=make_optimizer(config, steps_per_epoch),
-            loss=MaskedCrossEntropy(class_weights),
+            loss=MaskedCrossEntropy(class_weights, distill_weight=config.distill_weight if teachers else 0.0),
             metrics=[MeanIoU(labels.num_classes), PixelAccuracy(labels.num_classes)],
         )
     example = data_lib.load_example(train_pairs.images[0], train_pairs.masks[0], spec, labels.num_classes)
@@ -240,8 +242,47 @@ def report_input_pipeline(config: TrainConfig, train_pairs, val_pairs, spec: Inp
     print(f"input pipeline: {rate:.1f} images/s decoded and prepared ({os.cpu_count()} CPU cores); cache {cache}")
 
 
+def load_teachers(config: TrainConfig, spec: InputSpec, num_classes: int):
+    """The config's teachers as one function: batch of training inputs -> mean softmax (None without
+    teachers). Checked before training: each must load and take this run's input size and classes.
+
+    Raises:
+        ValueError: a teacher is missing, unreadable or does not fit (the message says which).
+    """
+    if not config.teachers:
+        return None
+    models = []
+    for path in map(Path, config.teachers):
+        if not path.is_file():
+            raise ValueError(f"teacher model {path} not found; list existing .keras files under teachers")
+        try:
+            model = load_keras_model(path)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
+            raise ValueError(f"teacher model {path} cannot be loaded ({exc.__class__.__name__});"
+                             " pass a .keras file saved by `python -m train`") from exc
+        shape = tuple(model.input_shape[1:3]) + tuple(model.output_shape[-1:])
+        if shape != (spec.height, spec.width, num_classes):
+            raise ValueError(f"teacher model {path} takes {shape[1]}x{shape[0]} input with {shape[2]} classes;"
+                             f" this run needs {spec.width}x{spec.height} and {num_classes}")
+        model.trainable = False
+        models.append(model)
+    print(f"distilling from {len(models)} teacher(s), weight {config.distill_weight}: {', '.join(config.teachers)}")
+
+    def mean_probabilities(images):
+        return tf.add_n([tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)) for model in models]) / len(models)
+
+    return mean_probabilities
+
+
+def with_teachers(dataset: tf.data.Dataset, teachers) -> tf.data.Dataset:
+    """Batches of (image, mask) -> (image, mask packed with the teachers' probabilities)."""
+    if teachers is None:
+        return dataset
+    return dataset.map(lambda images, masks: (images, pack_targets(masks, teachers(images)))).prefetch(tf.data.AUTOTUNE)
+
+
 def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs, spec: InputSpec,
-                  num_classes: int) -> tuple[object, tf.data.Dataset, int]:
+                  num_classes: int, teachers=None) -> tuple[object, tf.data.Dataset, int]:
     """Training and validation data for `cluster`, and the training steps per epoch.
 
     Several workers: each worker decodes only its own share of the training files (sharded here,
@@ -260,7 +301,7 @@ def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs,
                   source_scale=config.source_scale)
     if cluster.kind != "multi-worker":
         train_ds = data_lib.make_dataset(train_pairs, spec, num_classes, config.batch_size, training=True, **common)
-        return train_ds, val_ds, len(train_pairs) // config.batch_size
+        return with_teachers(train_ds, teachers), val_ds, len(train_pairs) // config.batch_size
 
     per_worker = len(train_pairs) // cluster.num_workers
     worker_batch = config.batch_size // cluster.num_workers
@@ -274,7 +315,7 @@ def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs,
                                         training=True, repeat=True, **common)
         off = tf.data.Options()
         off.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return dataset.with_options(off)
+        return with_teachers(dataset, teachers).with_options(off)
 
     train_ds = cluster.strategy.distribute_datasets_from_function(worker_dataset)
     return train_ds, val_ds, per_worker // worker_batch
@@ -285,7 +326,9 @@ def make_callbacks(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir
     """Checkpoints, logs, plots and samples into `out_dir`; the backup into the run's backup folder."""
     picked = sample_indices(len(val_pairs), config.sample_images)
     samples = [data_lib.load_example(val_pairs.images[i], val_pairs.masks[i], spec, labels.num_classes) for i in picked]
-    sample_pixels = np.stack([prepare_pixels(read_image_rgb(val_pairs.images[i]), spec) for i in picked])
+    grid = [PredictionGrid(out_dir / "samples", np.stack([s[0] for s in samples]),
+                           np.stack([prepare_pixels(read_image_rgb(val_pairs.images[i]), spec) for i in picked]),
+                           np.stack([s[1] for s in samples]), labels)] if picked else []  # sample_images: 0 = none
     stopping = [] if config.checkpoint == "last" else [
         keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience)]
     return [
@@ -295,8 +338,7 @@ def make_callbacks(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir
         BestCheckpoint(out_dir / "best.keras", monitor="val_miou"),
         *stopping,
         keras.callbacks.TensorBoard(str(out_dir / "tensorboard")),
-        PredictionGrid(out_dir / "samples", np.stack([s[0] for s in samples]), sample_pixels,
-                       np.stack([s[1] for s in samples]), labels),
+        *grid,
     ]
 
 
