@@ -72,6 +72,13 @@ def test_clip_shares_tool_reports_what_the_bundled_model_calls_the_dashcam_clip(
     # a dashcam on a highway: mostly sky and road, whatever else the model sees
     assert set(list(shares)[:2]) == {"sky", "road"}, row
     assert sum(float(v.rstrip("%")) for v in shares.values()) <= 100.5
+    keras_model = MODELS / "camvid_lite.keras"  # a model averaged with itself is itself
+    both = subprocess.run([*tool, str(keras_model), str(keras_model), "--ensemble", "--clip",
+                           str(REPO / "edgeseg/assets/solidWhiteRight.mp4"), "--frames", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert both.returncode == 0, both.stderr
+    rows = [line.split("|")[2:-1] for line in both.stdout.strip().splitlines()[2:]]
+    assert len(rows) == 3 and rows[0] == rows[1] == rows[2] and "road" in rows[2][0], both.stdout
     missing = subprocess.run([*tool, str(tmp_path / "nope.tflite")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "nope.tflite is not a file" in missing.stderr
     assert "Traceback" not in missing.stderr
