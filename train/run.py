@@ -74,19 +74,28 @@ def build_from_config(config: TrainConfig, num_classes: int, synchronized_bn: bo
                        synchronized_bn=synchronized_bn, **extra)
 
 
+def load_saved(path: Path, role: str, fix: str) -> keras.Model:
+    """A model saved by `python -m train`, named by its `role` in the config when it cannot be loaded.
+
+    Raises:
+        ValueError: `path` is missing (the message ends with `fix`) or not a loadable .keras file.
+    """
+    if not path.is_file():
+        raise ValueError(f"{role} model {path} not found; {fix}")
+    try:
+        return load_keras_model(path)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
+        raise ValueError(f"{role} model {path} cannot be loaded ({exc.__class__.__name__});"
+                         " pass a .keras file saved by `python -m train`") from exc
+
+
 def init_weights(model: keras.Model, source: Path) -> None:
     """Copy the weights of the saved model `source` into `model` (same architecture and shapes).
 
     Raises:
         ValueError: `source` is missing, unreadable, or its weights do not fit `model`.
     """
-    if not source.is_file():
-        raise ValueError(f"init_from model {source} not found; pass an existing .keras file or leave init_from empty")
-    try:
-        saved = load_keras_model(source)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
-        raise ValueError(f"init_from model {source} cannot be loaded ({exc.__class__.__name__});"
-                         " pass a .keras file saved by `python -m train`") from exc
+    saved = load_saved(source, "init_from", "pass an existing .keras file or leave init_from empty")
     ours, theirs = model.get_weights(), saved.get_weights()
     shapes = [w.shape for w in ours], [w.shape for w in theirs]
     if shapes[0] != shapes[1]:
@@ -253,13 +262,7 @@ def load_teachers(config: TrainConfig, spec: InputSpec, num_classes: int):
         return None
     models = []
     for path in map(Path, config.teachers):
-        if not path.is_file():
-            raise ValueError(f"teacher model {path} not found; list existing .keras files under teachers")
-        try:
-            model = load_keras_model(path)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
-            raise ValueError(f"teacher model {path} cannot be loaded ({exc.__class__.__name__});"
-                             " pass a .keras file saved by `python -m train`") from exc
+        model = load_saved(path, "teacher", "list existing .keras files under teachers")
         shape = tuple(model.input_shape[1:3]) + tuple(model.output_shape[-1:])
         if shape != (spec.height, spec.width, num_classes):
             raise ValueError(f"teacher model {path} takes {shape[1]}x{shape[0]} input with {shape[2]} classes;"
