@@ -23,7 +23,8 @@ from edgeseg.segmenter import Segmenter, SegmenterOptions
 from .source import SourceModel
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of logits (last axis), numerically stable."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
@@ -97,7 +98,7 @@ def verify(source: SourceModel, model_path: Path, pairs: Pairs, labels: LabelSet
             tally.grid_kept += kept
             tally.grid_close += close
         if segmenter.info.output_kind == "scores":
-            error = np.abs(_softmax(segmenter.scores(raw)) - _softmax(logits.astype(np.float32)))
+            error = np.abs(softmax(segmenter.scores(raw)) - softmax(logits.astype(np.float32)))
             tally.prob_errors.append(float(error.mean()))
             tally.prob_max = max(tally.prob_max, float(error.max()))
     keras_acc, tflite_acc = tally.keras.accuracy(), tally.tflite.accuracy()

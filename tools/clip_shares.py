@@ -25,40 +25,31 @@ DEFAULT_CLIPS = [ROOT / "edgeseg/assets/solidWhiteRight.mp4", ROOT / "../shared/
                  ROOT / "../shared/data/video/car-detection.mp4"]
 
 
-def class_maps(model: Path, frames_bgr: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
-    """The model's class map of each frame and its class names."""
-    if model.suffix == ".tflite":
-        from edgeseg.segmenter import Segmenter, SegmenterOptions
+class Model:
+    """One model, loaded once: its class maps of frames, and (Keras) its probabilities for --ensemble."""
 
-        segmenter = Segmenter(SegmenterOptions(model=model, device="cpu"))
-        return [segmenter.classes(segmenter.infer(frame)) for frame in frames_bgr], segmenter.labels.names
-    from convert.source import labels_for, load_source
-    from convert.verify import keras_classes
-    from edgeseg.preprocess import InputSpec
+    def __init__(self, path: Path):
+        self.path = path
+        if path.suffix == ".tflite":
+            from edgeseg.segmenter import Segmenter, SegmenterOptions
 
-    source = load_source(model)
-    spec = InputSpec(height=source.height, width=source.width)
-    return keras_classes(source, frames_bgr, spec), labels_for(source, None).names
+            self.segmenter = Segmenter(SegmenterOptions(model=path, device="cpu"))
+            self.names = self.segmenter.labels.names
+        else:
+            from convert.source import labels_for, load_source
+            from convert.verify import softmax
+            from edgeseg.preprocess import InputSpec, preprocess
 
+            source = load_source(path)
+            spec = InputSpec(height=source.height, width=source.width)
+            self.names = labels_for(source, None).names
+            self.probabilities = lambda frame_bgr: softmax(  # the shared preprocessing, as keras_classes
+                source.predict(preprocess(frame_bgr, spec, bgr=True)[np.newaxis])[0])
 
-def mean_softmax_maps(models: list[Path], frames_bgr: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
-    """Class maps of the mean softmax of Keras `models` (same input size): what a student distilled
-    from them is taught on these frames."""
-    from convert.source import labels_for, load_source
-    from edgeseg.preprocess import InputSpec, preprocess
-
-    sources = [load_source(model) for model in models]
-    spec = InputSpec(height=sources[0].height, width=sources[0].width)
-    maps = []
-    for frame in frames_bgr:
-        batch = preprocess(frame, spec, bgr=True)[np.newaxis]
-        probabilities = []
-        for source in sources:
-            logits = source.predict(batch)[0]
-            exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            probabilities.append(exp / exp.sum(axis=-1, keepdims=True))
-        maps.append(np.mean(probabilities, axis=0).argmax(axis=-1).astype(np.uint8))
-    return maps, labels_for(sources[0], None).names
+    def classes(self, frame_bgr: np.ndarray) -> np.ndarray:
+        if self.path.suffix == ".tflite":
+            return self.segmenter.classes(self.segmenter.infer(frame_bgr))
+        return self.probabilities(frame_bgr).argmax(axis=-1).astype(np.uint8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=4, help="classes listed per clip")
     parser.add_argument("--ensemble", action="store_true", help="add a row for the mean softmax of the (Keras) models")
     args = parser.parse_args(argv)
+    if args.ensemble and any(path.suffix != ".keras" for path in args.models):
+        print("error: --ensemble averages .keras models only; leave the .tflite ones out", file=sys.stderr)
+        return 2
     from convert.verify import top_classes
     from edgeseg.sources import spaced_frames
 
@@ -78,23 +72,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path} is not a file; pass an existing model or clip", file=sys.stderr)
             return 2
     frames = {clip.name: spaced_frames(clip, args.frames) for clip in clips}
+
+    def cell(maps: list[np.ndarray], names: list[str]) -> str:
+        return ", ".join(f"{name} {share:.0%}" for name, share in top_classes(maps, names, top=args.top).items())
+
     print("| model | " + " | ".join(f"`{name}`" for name in frames) + " |")
     print("|---|" + "---|" * len(frames))
-    for model in args.models:
-        cells = []
-        for clip_frames in frames.values():
-            maps, names = class_maps(model, clip_frames)
-            shares = top_classes(maps, names, top=args.top)
-            cells.append(", ".join(f"{name} {share:.0%}" for name, share in shares.items()))
-        print(f"| `{model}` | " + " | ".join(cells) + " |", flush=True)
-    if args.ensemble:
-        if any(model.suffix != ".keras" for model in args.models):
-            print("error: --ensemble averages .keras models only", file=sys.stderr)
-            return 2
-        cells = []
-        for clip_frames in frames.values():
-            maps, names = mean_softmax_maps(args.models, clip_frames)
-            cells.append(", ".join(f"{name} {share:.0%}" for name, share in top_classes(maps, names, top=args.top).items()))
+    summed = {name: [0.0] * len(clip_frames) for name, clip_frames in frames.items()}  # --ensemble: per frame
+    for path in args.models:
+        model, cells = Model(path), []
+        for name, clip_frames in frames.items():
+            if args.ensemble:
+                probabilities = [model.probabilities(frame) for frame in clip_frames]
+                summed[name] = [total + p for total, p in zip(summed[name], probabilities)]
+                maps = [p.argmax(axis=-1).astype(np.uint8) for p in probabilities]
+            else:
+                maps = [model.classes(frame) for frame in clip_frames]
+            cells.append(cell(maps, model.names))
+        print(f"| `{path}` | " + " | ".join(cells) + " |", flush=True)
+    if args.ensemble:  # the argmax of the summed probabilities is that of their mean
+        cells = [cell([total.argmax(axis=-1).astype(np.uint8) for total in summed[name]], model.names)
+                 for name in frames]
         print(f"| mean of the {len(args.models)} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

@@ -23,11 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help=".keras models with the dataset's classes")
@@ -39,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"error: {path} is not a file; pass trained .keras models", file=sys.stderr)
             return 2
+    from convert.verify import softmax
     from edgeseg.dataset import resolve_labels, select_pairs
     from edgeseg.evaluate import Tally, labelled_pairs
     from edgeseg.extras import load_keras_model

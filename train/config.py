@@ -164,6 +164,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "source_scale": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
     "sample_images": (0, True), "seed": (0, True),
 }
+LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths"}
 TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping",
               list: "a list"}
 
@@ -187,8 +188,7 @@ def _check_field(key: str, value, where: str) -> None:
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: {key} is {value!r}; choose one of {', '.join(CHOICES[key])}")
     if kind is list and not all(isinstance(item, str) and item for item in value):
-        what = "model paths" if key == "teachers" else "file-name prefixes"
-        raise ConfigError(f"{where}: {key} is {value!r}; expected a list of {what} (text)")
+        raise ConfigError(f"{where}: {key} is {value!r}; expected a list of {LIST_ITEMS[key]} (text)")
     if key in MINIMUM:
         low, inclusive = MINIMUM[key]
         if value < low or (value == low and not inclusive):
