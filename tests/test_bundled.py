@@ -96,3 +96,23 @@ def test_lodo_ensemble_tool_scores_members_and_their_mean_on_a_drive():
     scores = [float(line.split()[0]) for line in lines[1:]]
     assert len(scores) == 3 and scores[0] == scores[1] == scores[2]
     assert 0.3 < scores[0] < 1.0  # trained on these frames: well above chance (1/11)
+
+
+def test_side_by_side_tool_draws_each_model_in_its_own_column(tmp_path):
+    """The before/after picture of the card: one column per model, one row per frame, the overlay drawn."""
+    from edgeseg.sources import frames_at
+
+    tool = [sys.executable, str(REPO / "tools" / "side_by_side.py")]
+    model, clip, out = MODELS / "camvid_lite_int8.tflite", REPO / "edgeseg/assets/solidWhiteRight.mp4", tmp_path / "s.png"
+    done = subprocess.run([*tool, str(model), str(model), "--clip", str(clip), "--frames", "2", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    picture = cv2.imread(str(out))
+    assert picture.shape == (32 + 2 * 360, 2 * 640, 3)  # title bar + two 960x540 frames at 640 wide, two columns
+    left, right = picture[32:, :640], picture[32:, 640:]
+    assert (left == right).all()  # the same model draws the same overlay
+    first = cv2.resize(frames_at(clip, [0])[0], (640, 360), interpolation=cv2.INTER_AREA)
+    assert cv2.absdiff(left[:360], first).mean() > 10  # the mask is blended in, not the bare frame
+    bad = subprocess.run([*tool, str(model), str(model), "--title", "only one", "-o", str(out)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--title" in bad.stderr and "Traceback" not in bad.stderr
