@@ -68,16 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: side_by_side draws .tflite models through the edge runtime; convert .keras first "
               "(python -m convert)", file=sys.stderr)
         return 2
+    suffix = args.output.suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        print(f"error: {args.output} is not a .jpg or .png name; pick one of those", file=sys.stderr)
+        return 2
     if args.title and len(args.title) != len(args.models):
         print(f"error: {len(args.title)} --title for {len(args.models)} models; give one per model or none",
               file=sys.stderr)
         return 2
     picture = side_by_side(args.models, args.clip, max(1, args.frames), args.title)
+    _, encoded = cv2.imencode(suffix, picture, [cv2.IMWRITE_JPEG_QUALITY, 88] if suffix != ".png" else [])
+    from edgeseg import atomic  # temp file beside the target, fsync, rename: no half-written picture
+
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.output), picture,
-                       [cv2.IMWRITE_JPEG_QUALITY, 88] if args.output.suffix.lower() in (".jpg", ".jpeg") else []):
-        print(f"error: could not write {args.output}; use a .jpg or .png name in a writable folder", file=sys.stderr)
-        return 1
+    atomic.write_bytes(args.output, encoded.tobytes())
     print(f"wrote {args.output} ({picture.shape[1]}x{picture.shape[0]})")
     return 0
 
