@@ -24,6 +24,7 @@ COLUMN_PX = 640
 
 
 def side_by_side(models: list[Path], clip: Path, count: int, titles: list[str] | None = None) -> np.ndarray:
+    from edgeseg.errors import InputError
     from edgeseg.overlay import render
     from edgeseg.segmenter import Segmenter, SegmenterOptions
     from edgeseg.sources import frames_at
@@ -33,7 +34,7 @@ def side_by_side(models: list[Path], clip: Path, count: int, titles: list[str] |
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     capture.release()
     if total < 1:
-        raise SystemExit(f"error: {clip} has no frames OpenCV can count; pass a video file")
+        raise InputError(f"{clip} has no frames OpenCV can count; pass a video file")
     indices = [int(i) for i in np.linspace(0, total - 1, count)]
     rows = []
     for frame in frames_at(clip, indices):
@@ -76,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {len(args.title)} --title for {len(args.models)} models; give one per model or none",
               file=sys.stderr)
         return 2
-    picture = side_by_side(args.models, args.clip, max(1, args.frames), args.title)
+    from edgeseg.errors import EdgesegError
+
+    try:
+        picture = side_by_side(args.models, args.clip, max(1, args.frames), args.title)
+    except EdgesegError as exc:  # an undecodable clip, a model the runtime refuses: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _, encoded = cv2.imencode(suffix, picture, [cv2.IMWRITE_JPEG_QUALITY, 88] if suffix != ".png" else [])
     from edgeseg import atomic  # temp file beside the target, fsync, rename: no half-written picture
 
