@@ -141,6 +141,42 @@ def test_source_scale_zooms_into_real_pixels(camvid):
         TrainConfig(source_scale=0.5).validate()
 
 
+def test_detail_jitter_softens_half_the_crops_and_leaves_masks_alone(camvid):
+    """`detail_jitter` shrinks about half the crops by up to its factor and back: those lose fine detail
+    (Laplacian variance), keep their colours (mean) and shape; the masks and the other crops are the
+    ones the same seeds give without it."""
+    import cv2
+    import tensorflow as tf
+
+    from edgeseg.preprocess import normalize
+    from train.config import ConfigError, TrainConfig
+    from train.data import augment, load_pixels
+
+    spec = InputSpec(192, 256)
+    image_path = sorted((camvid / "images" / "training").glob("*.jpg"))[3]
+    pixels, mask = load_pixels(str(image_path), str(camvid / "annotations" / "training" / (image_path.stem + ".png")),
+                               spec, 12)
+    image = tf.constant(normalize(pixels, spec))
+
+    def detail(out):
+        return cv2.Laplacian(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var()
+
+    softened = 0
+    for seed in range(16):
+        seeds = tf.constant([seed, 3], tf.int64)
+        plain, plain_mask = augment(image, tf.constant(mask), 1.5, seeds, 0.75, True, spec.size_hw)
+        soft, soft_mask = augment(image, tf.constant(mask), 1.5, seeds, 0.75, True, spec.size_hw, detail_jitter=3.0)
+        plain, soft = plain.numpy(), soft.numpy()
+        assert soft.shape == (192, 256, 3) and (soft_mask.numpy() == plain_mask.numpy()).all()
+        if np.array_equal(plain, soft):
+            continue
+        softened += 1
+        assert detail(soft) < 0.9 * detail(plain) and abs(soft.mean() - plain.mean()) < 0.01
+    assert 4 <= softened <= 12  # about half of 16
+    with pytest.raises(ConfigError, match="detail_jitter"):
+        TrainConfig(detail_jitter=0.5).validate()
+
+
 def test_splits_join_and_prefixes_pick_drives(camvid):
     """A leave-one-drive-out check selects CamVid frames by drive (file-name prefix) across splits."""
     from edgeseg.dataset import DatasetError, select_pairs

@@ -40,6 +40,9 @@ class TrainConfig:
             (1.5 at 320x256 keeps CamVid's 480x360 detail); 1 = prepared at the input size.
         color_jitter: ``"basic"`` (brightness, contrast) or ``"strong"`` (also saturation, hue, gamma and
             per-channel gain: other cameras and other days' light).
+        detail_jitter: half of the training crops are shrunk by a random factor in [1, detail_jitter] and
+            resized back (a softer camera, a farther scene: textures at less detail than CamVid's);
+            1 = off.
         checkpoint: which weights the run delivers and evaluates: ``"best"`` (highest val mIoU, early
             stopping on) or ``"last"`` (the final epoch, for a fixed schedule on train + val).
         max_examples: use only the first N training and validation pairs (debugging), 0 = all.
@@ -80,6 +83,7 @@ class TrainConfig:
     min_scale: float = 1.0
     source_scale: float = 1.0
     color_jitter: str = "basic"
+    detail_jitter: float = 1.0
     checkpoint: str = "best"
     max_examples: int = 0
     cache: str = "memory"
@@ -161,7 +165,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "height": (1, True), "width": (1, True), "base_filters": (1, True), "width_multiplier": (0, False),
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
-    "source_scale": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
+    "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
     "sample_images": (0, True), "seed": (0, True),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths"}

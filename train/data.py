@@ -52,9 +52,12 @@ def source_spec(spec: InputSpec, source_scale: float) -> InputSpec:
 
 
 def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor, min_scale: float = 1.0,
-            strong_color: bool = False, size_hw: tuple[int, int] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+            strong_color: bool = False, size_hw: tuple[int, int] | None = None,
+            detail_jitter: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
     """Random horizontal flip, zoom in [min_scale, max_scale] then crop (image bilinear, mask
-    NEAREST; a zoom below 1 pads with grey and label 0, which the loss ignores) and colour jitter.
+    NEAREST; a zoom below 1 pads with grey and label 0, which the loss ignores), colour jitter and,
+    with `detail_jitter` > 1, on half the crops a shrink by up to that factor and back (the mask is
+    unchanged: only the image loses detail).
 
     `size_hw` is the output (network input) size, zoom 1 = the whole frame at that size; by default
     the image's own. A larger image (`source_spec`) is resized with antialiasing where it shrinks.
@@ -84,6 +87,9 @@ def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor
     image = (image - mean) * contrast + mean + brightness
     if strong_color:
         image = _strong_color(image, tf.random.experimental.stateless_fold_in(seeds[5], 1))
+    if detail_jitter > 1.0:
+        image = _less_detail(image, (height, width), detail_jitter,
+                             tf.random.experimental.stateless_fold_in(seeds[4], 1))
     image = tf.ensure_shape(image, (height, width, 3))
     return image, tf.ensure_shape(mask[..., 0], (height, width))
 
@@ -97,6 +103,20 @@ def _pad_to(image: tf.Tensor, mask: tf.Tensor, height: int, width: int, seed: tf
     left = tf.random.stateless_uniform([], seeds[1], 0, target_w - shape[1] + 1, dtype=tf.int32)
     image = tf.image.pad_to_bounding_box(image - 0.5, top, left, target_h, target_w) + 0.5
     return image, tf.image.pad_to_bounding_box(mask, top, left, target_h, target_w)
+
+
+def _less_detail(image: tf.Tensor, size_hw: tuple[int, int], max_factor: float, seed: tf.Tensor) -> tf.Tensor:
+    """On half the crops: shrink (antialiased) by a random factor in [1, max_factor], resize back."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    factor = tf.random.stateless_uniform([], seeds[1], 1.0, max_factor)
+    height, width = size_hw
+    small = (tf.cast(tf.math.ceil(height / factor), tf.int32), tf.cast(tf.math.ceil(width / factor), tf.int32))
+
+    def soften():
+        shrunk = tf.image.resize(image, small, method="bilinear", antialias=True)
+        return tf.image.resize(shrunk, (height, width), method="bilinear")
+
+    return tf.cond(tf.random.stateless_uniform([], seeds[0]) < 0.5, soften, lambda: image)
 
 
 def _strong_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -121,6 +141,7 @@ def make_dataset(
     max_scale: float = 1.5,
     min_scale: float = 1.0,
     strong_color: bool = False,
+    detail_jitter: float = 1.0,
     cache: str = "memory",
     seed: int = 0,
     repeat: bool = False,
@@ -159,7 +180,8 @@ def make_dataset(
     if training and augment_data:
         counter = tf.data.Dataset.random(seed=seed).map(lambda x: tf.stack([x, x // 7]))
         dataset = tf.data.Dataset.zip((dataset, counter)).map(
-            lambda pair, s: augment(pair[0], pair[1], max_scale, s, min_scale, strong_color, spec.size_hw),
+            lambda pair, s: augment(pair[0], pair[1], max_scale, s, min_scale, strong_color, spec.size_hw,
+                                    detail_jitter),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

@@ -300,7 +300,8 @@ def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs,
     val_ds = data_lib.make_dataset(val_pairs, spec, num_classes, config.batch_size, training=False,
                                    cache=config.cache).with_options(options)
     common = dict(augment_data=config.augment, max_scale=config.max_scale, min_scale=config.min_scale,
-                  strong_color=config.color_jitter == "strong", cache=config.cache, seed=config.seed,
+                  strong_color=config.color_jitter == "strong", detail_jitter=config.detail_jitter,
+                  cache=config.cache, seed=config.seed,
                   source_scale=config.source_scale)
     if cluster.kind != "multi-worker":
         train_ds = data_lib.make_dataset(train_pairs, spec, num_classes, config.batch_size, training=True, **common)
