@@ -27,17 +27,14 @@ def side_by_side(models: list[Path], clip: Path, count: int, titles: list[str] |
     from edgeseg.errors import InputError
     from edgeseg.overlay import render
     from edgeseg.segmenter import Segmenter, SegmenterOptions
-    from edgeseg.sources import frames_at
+    from edgeseg.sources import spaced_frames
 
     segmenters = [Segmenter(SegmenterOptions(model=path, device="cpu")) for path in models]
-    capture = cv2.VideoCapture(str(clip))
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    capture.release()
-    if total < 1:
-        raise InputError(f"{clip} has no frames OpenCV can count; pass a video file")
-    indices = [int(i) for i in np.linspace(0, total - 1, count)]
+    frames = spaced_frames(clip, count)
+    if not frames:
+        raise InputError(f"{clip} has no frames to decode; pass a video file")
     rows = []
-    for frame in frames_at(clip, indices):
+    for frame in frames:
         scale = COLUMN_PX / frame.shape[1]
         size = (COLUMN_PX, int(round(frame.shape[0] * scale)))
         small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
