@@ -43,11 +43,15 @@ class SegmenterOptions:
         model: path of the .tflite file.
         threads: CPU threads (None = runtime default).
         device: ``auto`` (Edge TPU for ``*_edgetpu.tflite``), ``cpu`` or ``edgetpu``.
+        tta: test-time augmentation: also run the mirrored frame and average the two outputs
+            (mirrored back). Half the inference rate, about one mIoU point more on unseen drives
+            (configs/lodo/README.md); needs a model that outputs class scores.
     """
 
     model: Path
     threads: int | None = None
     device: str = "auto"
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,9 @@ class Segmenter:
         else:
             raise ModelError(f"model {name} output has shape {list(out_info.shape)}; edgeseg needs (1, H, W, classes)"
                              " scores or a (1, H, W) class map")
+        if options.tta and kind == "class_map":
+            raise ModelError(f"--tta averages class scores, but model {name} outputs an ArgMax class map;"
+                             " run it without --tta or export it without --argmax")
 
         self.warnings: list[str] = []  # problems the model still runs with (the CLI prints them)
         metadata = self._read_metadata(content, name, in_info.shape[1], in_info.shape[2], channels)
@@ -232,13 +239,30 @@ class Segmenter:
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
         """Run the model on a prepared input; returns a copy of its raw output for one frame
-        (``(h, w, C)`` scores or ``(h, w)`` classes). Sets `last_inference_ms`."""
+        (``(h, w, C)`` scores or ``(h, w)`` classes). Sets `last_inference_ms`.
+
+        With ``tta`` the mirrored input runs too and the raw output is the sum of both (the
+        mirrored one mirrored back): int16 for 8-bit scores (exact, no rounding), int32 for int16
+        scores, the float32 mean for float scores. `scores` and `classes` read it as one output.
+        """
         started = time.perf_counter()
-        self._interpreter.set_tensor(self._in["index"], tensor)
-        self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._out["index"])[0]
+        raw = self._run(tensor)
+        if self.options.tta:
+            mirrored = self._run(np.ascontiguousarray(tensor[:, :, ::-1]))[:, ::-1]
+            if raw.dtype in (np.int8, np.uint8):
+                raw = np.add(raw, mirrored, dtype=np.int16)
+            elif raw.dtype == np.int16:
+                raw = np.add(raw, mirrored, dtype=np.int32)
+            else:
+                raw = np.add(raw, mirrored, dtype=np.float32)
+                raw *= 0.5
         self.last_inference_ms = (time.perf_counter() - started) * 1000.0
         return raw
+
+    def _run(self, tensor: np.ndarray) -> np.ndarray:
+        self._interpreter.set_tensor(self._in["index"], tensor)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._out["index"])[0]
 
     def infer(self, frame_bgr: np.ndarray) -> np.ndarray:
         """`prepare` then `invoke`: BGR frame -> raw model output."""
@@ -248,7 +272,8 @@ class Segmenter:
         """Raw scores -> float32 (dequantised with the output's scale and zero point)."""
         info = self.info.output
         if info.quantized:
-            return (raw.astype(np.float32) - info.zero_point) * info.scale
+            terms = 2 if self.options.tta else 1  # a tta output is the sum of two quantised outputs
+            return (raw.astype(np.float32) - terms * info.zero_point) * (info.scale / terms)
         return raw.astype(np.float32, copy=False)
 
     def classes(self, raw: np.ndarray) -> np.ndarray:
@@ -272,17 +297,18 @@ KEY_BITS = 4  # 8-bit scores of up to 2**KEY_BITS classes take the packed-key ar
 
 
 def argmax_channels(raw: np.ndarray) -> np.ndarray:
-    """``np.argmax(raw, axis=-1)`` as uint8 (first index on ties), faster for 8-bit scores of
+    """``np.argmax(raw, axis=-1)`` as uint8 (first index on ties), faster for integer scores of
     few classes.
 
     numpy reduces a short last axis one pixel at a time. For int8/uint8 scores of at most 16
     classes each score becomes an int16 key ``score * 16 + (15 - class)``, laid out class-major,
-    and one elementwise max over the classes finds value and (lowest) class at once.
+    and one elementwise max over the classes finds value and (lowest) class at once. int16 scores
+    (the sums `Segmenter.invoke` makes with tta) take int32 keys.
     """
     channels = raw.shape[-1]
-    if raw.dtype not in (np.int8, np.uint8) or channels > 1 << KEY_BITS:
+    if raw.dtype not in (np.int8, np.uint8, np.int16) or channels > 1 << KEY_BITS:
         return np.argmax(raw, axis=-1).astype(np.uint8)
-    keys = np.empty((channels, *raw.shape[:-1]), np.int16)
+    keys = np.empty((channels, *raw.shape[:-1]), np.int16 if raw.itemsize == 1 else np.int32)
     np.copyto(keys, np.moveaxis(raw, -1, 0))
     keys <<= KEY_BITS
     lowest_first = (1 << KEY_BITS) - 1 - np.arange(channels, dtype=np.int16)

@@ -72,6 +72,11 @@ def test_clip_shares_tool_reports_what_the_bundled_model_calls_the_dashcam_clip(
     # a dashcam on a highway: mostly sky and road, whatever else the model sees
     assert set(list(shares)[:2]) == {"sky", "road"}, row
     assert sum(float(v.rstrip("%")) for v in shares.values()) <= 100.5
+    mirrored = subprocess.run([*tool, str(model), "--tta", "--clip", str(REPO / "edgeseg/assets/solidWhiteRight.mp4"),
+                               "--frames", "3"], capture_output=True, text=True, timeout=120)
+    row = mirrored.stdout.strip().splitlines()[-1]
+    assert row.startswith(f"| `{model}` --tta |"), row
+    assert set(list(dict(item.rsplit(" ", 1) for item in row.split("|")[2].strip().split(", ")))[:2]) == {"sky", "road"}
     keras_model = MODELS / "camvid_lite.keras"  # a model averaged with itself is itself
     both = subprocess.run([*tool, str(keras_model), str(keras_model), "--ensemble", "--clip",
                            str(REPO / "edgeseg/assets/solidWhiteRight.mp4"), "--frames", "2"],
@@ -88,7 +93,7 @@ def test_lodo_ensemble_tool_scores_members_and_their_mean_on_a_drive():
     """The same model twice: its mean softmax picks the same classes, so the ensemble's mIoU is the member's."""
     model = MODELS / "camvid_lite.keras"
     done = subprocess.run([sys.executable, str(REPO / "tools" / "lodo_ensemble.py"), "--data", str(shared("camvid")),
-                           "--drive", "0006R0_f009", "--drive", "0006R0_f010", str(model), str(model)],
+                           "--drive", "0006R0_f009", "--drive", "0006R0_f010", "--tta", str(model), str(model)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
@@ -96,6 +101,9 @@ def test_lodo_ensemble_tool_scores_members_and_their_mean_on_a_drive():
     scores = [float(line.split()[0]) for line in lines[1:]]
     assert len(scores) == 3 and scores[0] == scores[1] == scores[2]
     assert 0.3 < scores[0] < 1.0  # trained on these frames: well above chance (1/11)
+    mirrored = [float(line.split("with --tta")[1]) for line in lines[1:3]]  # each member with mirror averaging
+    assert mirrored[0] == mirrored[1] and 0.3 < mirrored[0] < 1.0 and "with --tta" not in lines[3]
+    assert mirrored[0] != scores[0]  # the mirrored view changes the maps (0.449 -> 0.510 on these six frames)
 
 
 def test_side_by_side_tool_draws_each_model_in_its_own_column(tmp_path):

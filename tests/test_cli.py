@@ -176,9 +176,9 @@ def test_info_shows_spec_labels_and_metadata(tiny_tflite):
     assert data["output_kind"] == "class_map" and data["input"]["shape"] == [1, 64, 96, 3]
 
 
-def _dataset_from_predictions(root: Path, model: Path, images: list[Path]) -> list[np.ndarray]:
+def _dataset_from_predictions(root: Path, model: Path, images: list[Path], tta: bool = False) -> list[np.ndarray]:
     """A dataset whose ground truth is the model's own full-size prediction."""
-    seg = Segmenter(SegmenterOptions(model))
+    seg = Segmenter(SegmenterOptions(model, tta=tta))
     (root / "images" / "validation").mkdir(parents=True)
     (root / "annotations" / "validation").mkdir(parents=True)
     truths = []
@@ -233,6 +233,18 @@ def test_eval_is_perfect_when_truth_is_the_prediction(tiny_tflite, tmp_path):
         cv2.imwrite(str(tmp_path / "annotations" / "validation" / (path.stem + ".png")), truth)
     report = json.loads(invoke("eval", "-m", tiny_tflite["float32"], "-d", tmp_path, "--json").stdout)
     assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
+
+
+def test_eval_tta_scores_what_the_mirror_averaging_segmenter_predicts(tiny_tflite, tmp_path):
+    images = sorted(shared("camvid", "images", "validation").glob("*.jpg"))[:2]
+    truths = _dataset_from_predictions(tmp_path, tiny_tflite["int8"], images, tta=True)
+    for path, truth in zip(images, truths):
+        cv2.imwrite(str(tmp_path / "annotations" / "validation" / (path.stem + ".png")), truth)
+    with_tta = json.loads(invoke("eval", "-m", tiny_tflite["int8"], "-d", tmp_path, "--tta", "--json").stdout)
+    plain = json.loads(invoke("eval", "-m", tiny_tflite["int8"], "-d", tmp_path, "--json").stdout)
+    assert with_tta["tta"] is True and with_tta["pixel_accuracy"] == 1.0
+    assert plain["tta"] is False and plain["pixel_accuracy"] < 0.999  # the mirrored view changes some pixels
+    assert_clean_error(invoke("eval", "-m", tiny_tflite["argmax"], "-d", tmp_path, "--tta"), "without --argmax")
 
 
 def test_eval_on_real_camvid_and_bad_dataset(tiny_tflite, camvid, tmp_path):

@@ -85,7 +85,7 @@ def test_packed_key_argmax_equals_numpy_argmax_ties_and_extremes_included(tiny_t
     from edgeseg.segmenter import argmax_channels
 
     rng = np.random.default_rng(1)
-    for dtype in (np.int8, np.uint8):
+    for dtype in (np.int8, np.uint8, np.int16):  # int16: the sums of two 8-bit outputs (tta)
         limits = np.iinfo(dtype)
         for channels in (1, 2, 12, 16, 17, 151):
             for low, high in ((limits.min, limits.max + 1), (0, 2), (limits.max - 1, limits.max + 1)):
@@ -99,6 +99,31 @@ def test_packed_key_argmax_equals_numpy_argmax_ties_and_extremes_included(tiny_t
         for frame in street_frames[:3]:
             raw = seg.infer(frame)
             np.testing.assert_array_equal(seg.classes(raw), np.argmax(raw, axis=-1))
+
+
+@pytest.mark.parametrize("variant", ["int8", "uint8", "float32", "float16"])
+def test_tta_averages_the_frame_and_its_mirror_and_is_mirror_symmetric(tiny_tflite, street_frames, variant):
+    plain = Segmenter(SegmenterOptions(tiny_tflite[variant]))
+    tta = Segmenter(SegmenterOptions(tiny_tflite[variant], tta=True))
+    changed = 0
+    for frame in street_frames[::2]:
+        frame = cv2.resize(frame, (plain.spec.width, plain.spec.height), interpolation=cv2.INTER_AREA)
+        mirror = np.ascontiguousarray(frame[:, ::-1])
+        raw, raw_mirror = plain.infer(frame), plain.infer(mirror)[:, ::-1]
+        averaged = tta.infer(frame)
+        expected = (plain.scores(raw) + plain.scores(raw_mirror)) / 2
+        np.testing.assert_allclose(tta.scores(averaged), expected, rtol=1e-5, atol=1e-5)
+        exact_sum = raw.astype(np.float64) + raw_mirror  # integer sums are exact: argmax ties resolve alike
+        np.testing.assert_array_equal(tta.classes(averaged), np.argmax(exact_sum, axis=-1))
+        # The same frame mirrored gives the same map mirrored (plain inference does not, quite).
+        np.testing.assert_array_equal(tta.segment(mirror), tta.segment(frame)[:, ::-1])
+        changed += int(np.count_nonzero(tta.classes(averaged) != plain.classes(raw)))
+    assert changed > 0  # the mirrored view does change pixels of this model
+
+
+def test_tta_needs_class_scores(tiny_tflite):
+    with pytest.raises(ModelError, match="without --argmax"):
+        Segmenter(SegmenterOptions(tiny_tflite["argmax"], tta=True))
 
 
 def test_argmax_in_graph_equals_host_argmax(tiny_tflite, street_frames):

@@ -3,6 +3,7 @@
     python tools/clip_shares.py runs/lodo/robust320_hold_0006R0/last.keras runs/lodo/src15_hold_0006R0/last.keras
     python tools/clip_shares.py models/camvid_lite_int8.tflite runs/camvid_lite_src15_rejected/last.keras --frames 24
     python tools/clip_shares.py --ensemble A.keras B.keras C.keras     # + the mean of their softmax outputs
+    python tools/clip_shares.py --tta models/camvid_lite_int8.tflite      # as `edgeseg --tta` runs it
 
 A held-out CamVid drive is still CamVid (same camera, same city); footage unlike it shows what a
 recipe does on frames it never saw, and needs no annotations. The numbers are those of the
@@ -28,12 +29,12 @@ DEFAULT_CLIPS = [ROOT / "edgeseg/assets/solidWhiteRight.mp4", ROOT / "../shared/
 class Model:
     """One model, loaded once: its class maps of frames, and (Keras) its probabilities for --ensemble."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tta: bool = False):
         self.path = path
         if path.suffix == ".tflite":
             from edgeseg.segmenter import Segmenter, SegmenterOptions
 
-            self.segmenter = Segmenter(SegmenterOptions(model=path, device="cpu"))
+            self.segmenter = Segmenter(SegmenterOptions(model=path, device="cpu", tta=tta))
             self.names = self.segmenter.labels.names
         else:
             from convert.source import labels_for, load_source
@@ -43,8 +44,14 @@ class Model:
             source = load_source(path)
             spec = InputSpec(height=source.height, width=source.width)
             self.names = labels_for(source, None).names
-            self.probabilities = lambda frame_bgr: softmax(  # the shared preprocessing, as keras_classes
-                source.predict(preprocess(frame_bgr, spec, bgr=True)[np.newaxis])[0])
+            def logits(frame_bgr: np.ndarray) -> np.ndarray:  # the shared preprocessing, as keras_classes
+                tensor = preprocess(frame_bgr, spec, bgr=True)[np.newaxis]
+                if not tta:
+                    return source.predict(tensor)[0]
+                mirrored = source.predict(np.ascontiguousarray(tensor[:, :, ::-1]))[0][:, ::-1]
+                return (source.predict(tensor)[0] + mirrored) / 2  # as Segmenter.invoke with tta
+
+            self.probabilities = lambda frame_bgr: softmax(logits(frame_bgr))
 
     def classes(self, frame_bgr: np.ndarray) -> np.ndarray:
         if self.path.suffix == ".tflite":
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=24, help="evenly spaced frames per clip")
     parser.add_argument("--top", type=int, default=4, help="classes listed per clip")
     parser.add_argument("--ensemble", action="store_true", help="add a row for the mean softmax of the (Keras) models")
+    parser.add_argument("--tta", action="store_true", help="run each model on the frame and its mirror, averaged"
+                        " (`edgeseg --tta`)")
     args = parser.parse_args(argv)
     if args.ensemble and any(path.suffix != ".keras" for path in args.models):
         print("error: --ensemble averages .keras models only; leave the .tflite ones out", file=sys.stderr)
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(frames))
     summed = {name: [0.0] * len(clip_frames) for name, clip_frames in frames.items()}  # --ensemble: per frame
     for path in args.models:
-        model, cells = Model(path), []
+        model, cells = Model(path, args.tta), []
         for name, clip_frames in frames.items():
             if args.ensemble:
                 probabilities = [model.probabilities(frame) for frame in clip_frames]
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 maps = [model.classes(frame) for frame in clip_frames]
             cells.append(cell(maps, model.names))
-        print(f"| `{path}` | " + " | ".join(cells) + " |", flush=True)
+        print(f"| `{path}`{' --tta' if args.tta else ''} | " + " | ".join(cells) + " |", flush=True)
     if args.ensemble:  # the argmax of the summed probabilities is that of their mean
         cells = [cell([total.argmax(axis=-1).astype(np.uint8) for total in summed[name]], model.names)
                  for name in frames]

@@ -3,11 +3,14 @@
     python tools/lodo_ensemble.py --drive 0006R0 runs/lodo/robust320_hold_0006R0/last.keras \\
         runs/lodo/lite2_hold_0006R0/last.keras runs/lodo/src15_hold_0006R0/last.keras
 
+    python tools/lodo_ensemble.py --drive 0006R0 --tta runs/lodo/robust320_hold_0006R0/last.keras
+
 How much an ensemble of leave-one-drive-out models gains over its members on the drive none of them
 saw is the most a distilled single model could gain (configs/lodo/README.md). Each model sees the
 frame through the shared preprocessing at its own input size; probabilities are averaged at the
 first model's output size; every class map is scored like `edgeseg eval` (resized NEAREST to the
-full annotation, label 0 ignored).
+full annotation, label 0 ignored). ``--tta`` also scores each model as `edgeseg --tta` runs it: its
+output averaged with that of the mirrored frame, mirrored back.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "../shared/data/camvid", help="dataset root (ADE layout)")
     parser.add_argument("--drive", action="append", required=True, help="file-name prefix of the held-out frames")
     parser.add_argument("--splits", default="training+validation")
+    parser.add_argument("--tta", action="store_true", help="also score each model with mirrored-frame averaging")
     args = parser.parse_args(argv)
     for path in args.models:
         if not path.is_file():
@@ -44,22 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     labels = resolve_labels(args.data)
     models = [load_keras_model(path) for path in args.models]
     tallies = [Tally(labels.num_classes) for _ in models]
+    mirrored_tallies = [Tally(labels.num_classes) for _ in models]
     together = Tally(labels.num_classes)
     for image, truth in labelled_pairs(pairs, labels, desc="held-out frames"):
         probabilities = []
-        for model, tally in zip(models, tallies):
+        for model, tally, mirrored_tally in zip(models, tallies, mirrored_tallies):
             height, width = model.input_shape[1:3]
-            logits = np.asarray(model(preprocess(image, InputSpec(height=height, width=width))[np.newaxis],
-                                      training=False))[0]
+            tensor = preprocess(image, InputSpec(height=height, width=width))[np.newaxis]
+            logits = np.asarray(model(tensor, training=False))[0]
             tally.add(truth, logits.argmax(axis=-1).astype(np.uint8))
+            if args.tta:  # as Segmenter.invoke: the mean of the outputs, the mirrored one mirrored back
+                mirrored = np.asarray(model(np.ascontiguousarray(tensor[:, :, ::-1]), training=False))[0][:, ::-1]
+                mirrored_tally.add(truth, ((logits + mirrored) / 2).argmax(axis=-1).astype(np.uint8))
             if probabilities and logits.shape[:2] != probabilities[0].shape[:2]:
                 logits = cv2.resize(logits, probabilities[0].shape[1::-1], interpolation=cv2.INTER_LINEAR)
             probabilities.append(softmax(logits))
         together.add(truth, np.mean(probabilities, axis=0).argmax(axis=-1).astype(np.uint8))
     print(f"{len(pairs.images)} frames of {', '.join(args.drive)}; mIoU (label 0 ignored):")
-    for path, tally in zip(args.models, tallies):
-        print(f"  {tally.accuracy().miou:.4f}  {path}")
-    print(f"  {together.accuracy().miou:.4f}  mean of the {len(models)} softmax outputs")
+    for path, tally, mirrored_tally in zip(args.models, tallies, mirrored_tallies):
+        print(f"  {tally.accuracy().miou:.4f}  {path}"
+              + (f"   with --tta {mirrored_tally.accuracy().miou:.4f}" if args.tta else ""))
+    if len(models) > 1:
+        print(f"  {together.accuracy().miou:.4f}  mean of the {len(models)} softmax outputs")
     return 0
 
 
