@@ -32,17 +32,19 @@ def test_bundled_model_reaches_its_stated_miou_without_tensorflow():
         "import json, sys\n"
         "from typer.testing import CliRunner\n"
         "from edgeseg.cli import app\n"
-        f"r = CliRunner().invoke(app, ['eval', '-m', r'{MODELS / 'camvid_lite_int8.tflite'}', '-d',"
-        f" r'{shared('camvid')}', '--json'])\n"
-        "assert r.exit_code == 0, r.output\n"
+        "for extra in ([], ['--tta']):\n"
+        f"    r = CliRunner().invoke(app, ['eval', '-m', r'{MODELS / 'camvid_lite_int8.tflite'}', '-d',"
+        f" r'{shared('camvid')}', '--json', *extra])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "    print(r.stdout.strip())\n"
         "assert not any(m.startswith('tensorflow') for m in sys.modules)\n"
-        "print(r.stdout)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["images"] == 101
-    assert abs(report["miou"] - CARD["int8"]["val_miou"]) <= 0.005, (report["miou"], CARD)
+    plain, mirrored = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert plain["images"] == mirrored["images"] == 101 and mirrored["tta"]
+    assert abs(plain["miou"] - CARD["int8"]["val_miou"]) <= 0.005, (plain["miou"], CARD)
+    assert abs(mirrored["miou"] - CARD["int8_tta"]["val_miou"]) <= 0.005, (mirrored["miou"], CARD)
 
 
 @pytest.mark.slow
