@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -246,9 +247,10 @@ class Segmenter:
         scores, the float32 mean for float scores. `scores` and `classes` read it as one output.
         """
         started = time.perf_counter()
-        raw = self._run(tensor)
-        if self.options.tta:
-            mirrored = self._run(np.ascontiguousarray(tensor[:, :, ::-1]))[:, ::-1]
+        if not self.options.tta:
+            raw = self._run(tensor)
+        else:
+            raw, mirrored = with_mirror(self._run, tensor)
             if raw.dtype in (np.int8, np.uint8):
                 raw = np.add(raw, mirrored, dtype=np.int16)
             elif raw.dtype == np.int16:
@@ -291,6 +293,12 @@ class Segmenter:
     def segment(self, frame_bgr: np.ndarray) -> np.ndarray:
         """BGR frame -> ``(h, w)`` uint8 class map at the model's output resolution."""
         return self.classes(self.infer(frame_bgr))
+
+
+def with_mirror(predict: Callable[[np.ndarray], np.ndarray], tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`predict` (a ``(1, H, W, 3)`` tensor -> its ``(h, w, C)`` output) on the tensor and on its
+    mirror image, the second output mirrored back so both line up pixel for pixel (--tta)."""
+    return predict(tensor), predict(np.ascontiguousarray(tensor[:, :, ::-1]))[:, ::-1]
 
 
 KEY_BITS = 4  # 8-bit scores of up to 2**KEY_BITS classes take the packed-key argmax

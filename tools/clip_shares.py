@@ -40,6 +40,7 @@ class Model:
             from convert.source import labels_for, load_source
             from convert.verify import softmax
             from edgeseg.preprocess import InputSpec, preprocess
+            from edgeseg.segmenter import with_mirror
 
             source = load_source(path)
             spec = InputSpec(height=source.height, width=source.width)
@@ -48,8 +49,7 @@ class Model:
                 tensor = preprocess(frame_bgr, spec, bgr=True)[np.newaxis]
                 if not tta:
                     return source.predict(tensor)[0]
-                mirrored = source.predict(np.ascontiguousarray(tensor[:, :, ::-1]))[0][:, ::-1]
-                return (source.predict(tensor)[0] + mirrored) / 2  # as Segmenter.invoke with tta
+                return np.mean(with_mirror(lambda t: source.predict(t)[0], tensor), axis=0)  # as Segmenter.invoke
 
             self.probabilities = lambda frame_bgr: softmax(logits(frame_bgr))
 

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeseg.evaluate import Tally, labelled_pairs
     from edgeseg.extras import load_keras_model
     from edgeseg.preprocess import InputSpec, preprocess
+    from edgeseg.segmenter import with_mirror
 
     pairs = select_pairs(args.data, args.splits, args.drive)
     labels = resolve_labels(args.data)
@@ -55,11 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         for model, tally, mirrored_tally in zip(models, tallies, mirrored_tallies):
             height, width = model.input_shape[1:3]
             tensor = preprocess(image, InputSpec(height=height, width=width))[np.newaxis]
-            logits = np.asarray(model(tensor, training=False))[0]
-            tally.add(truth, logits.argmax(axis=-1).astype(np.uint8))
+
+            def predict(batch: np.ndarray, model=model) -> np.ndarray:
+                return np.asarray(model(batch, training=False))[0]
+
             if args.tta:  # as Segmenter.invoke: the mean of the outputs, the mirrored one mirrored back
-                mirrored = np.asarray(model(np.ascontiguousarray(tensor[:, :, ::-1]), training=False))[0][:, ::-1]
+                logits, mirrored = with_mirror(predict, tensor)
                 mirrored_tally.add(truth, ((logits + mirrored) / 2).argmax(axis=-1).astype(np.uint8))
+            else:
+                logits = predict(tensor)
+            tally.add(truth, logits.argmax(axis=-1).astype(np.uint8))
             if probabilities and logits.shape[:2] != probabilities[0].shape[:2]:
                 logits = cv2.resize(logits, probabilities[0].shape[1::-1], interpolation=cv2.INTER_LINEAR)
             probabilities.append(softmax(logits))
