@@ -177,6 +177,50 @@ def test_detail_jitter_softens_half_the_crops_and_leaves_masks_alone(camvid):
         TrainConfig(detail_jitter=0.5).validate()
 
 
+def test_copy_paste_moves_the_named_classes_from_the_next_crop(camvid):
+    """`copy_paste` gives a crop the image and label pixels of the named classes in the next crop of
+    its batch, at the same place, and leaves every other pixel alone; the training pipeline applies
+    exactly that to its augmented batches, and about `copy_paste` of the crops receive objects."""
+    import tensorflow as tf
+
+    from edgeseg.dataset import resolve_labels, select_pairs
+    from train.config import ConfigError, TrainConfig
+    from train.data import make_dataset, paste_objects
+    from train.run import paste_class_ids
+
+    labels = resolve_labels(camvid, "auto")
+    config = TrainConfig(data_dir=str(camvid), copy_paste=1.0, paste_classes=["pole", "signsymbol", "pedestrian"])
+    classes = paste_class_ids(config, labels.names)
+    assert classes == (3, 7, 10)
+    spec = InputSpec(192, 256)
+    pairs = select_pairs(camvid, "training", ["0016E5"], max_examples=16)
+    common = dict(augment_data=True, max_scale=1.5, min_scale=0.75, strong_color=True, seed=5)
+    plain = list(make_dataset(pairs, spec, 12, 4, True, **common))
+    pasted = list(make_dataset(pairs, spec, 12, 4, True, copy_paste=1.0, paste_classes=classes, **common))
+    assert len(plain) == len(pasted) == 4
+    for (images, masks), (out_images, out_masks) in zip(plain, pasted):
+        images, masks, out_images, out_masks = (t.numpy() for t in (images, masks, out_images, out_masks))
+        partner_images, partner_masks = np.roll(images, -1, axis=0), np.roll(masks, -1, axis=0)
+        moved = np.isin(partner_masks, classes)
+        assert moved.any(axis=(1, 2)).sum() >= 2  # these street crops do hold poles, signs or people
+        assert (out_masks == np.where(moved, partner_masks, masks)).all()
+        assert (out_images == np.where(moved[..., None], partner_images, images)).all()
+        gained = [np.isin(out_masks[i], classes).sum() >= np.isin(masks[i], classes).sum() for i in range(4)]
+        assert all(gained)
+    received = 0
+    for seed in range(12):
+        images, masks = (t for t in plain[seed % 4])
+        out_images, out_masks = paste_objects(images, masks, classes, 0.5, tf.constant([seed, 1], tf.int64))
+        received += int((out_masks.numpy() != masks.numpy()).any(axis=(1, 2)).sum())
+    assert 10 <= received <= 38  # of 48 crops, about half (the ones whose partner holds such classes)
+    with pytest.raises(ConfigError, match="paste_classes \\['lamp'\\] are not classes.*sky, building"):
+        paste_class_ids(config.replace(paste_classes=["lamp"]), labels.names)
+    with pytest.raises(ConfigError, match="paste_classes is empty"):
+        TrainConfig(copy_paste=0.5).validate()
+    with pytest.raises(ConfigError, match="probability between 0 and 1"):
+        TrainConfig(copy_paste=1.5, paste_classes=["pole"]).validate()
+
+
 def test_splits_join_and_prefixes_pick_drives(camvid):
     """A leave-one-drive-out check selects CamVid frames by drive (file-name prefix) across splits."""
     from edgeseg.dataset import DatasetError, select_pairs

@@ -43,6 +43,10 @@ class TrainConfig:
         detail_jitter: half of the training crops are shrunk by a random factor in [1, detail_jitter] and
             resized back (a softer camera, a farther scene: textures at less detail than CamVid's);
             1 = off.
+        copy_paste: the probability that a training crop receives the `paste_classes` pixels of another
+            crop in its batch (image and label, same place; `train.data.paste_objects`); 0 = off.
+        paste_classes: class names that `copy_paste` copies (e.g. the thin and rare pole, signsymbol,
+            pedestrian, bicyclist); checked against the dataset's labels before training.
         checkpoint: which weights the run delivers and evaluates: ``"best"`` (highest val mIoU, early
             stopping on) or ``"last"`` (the final epoch, for a fixed schedule on train + val).
         max_examples: use only the first N training and validation pairs (debugging), 0 = all.
@@ -84,6 +88,8 @@ class TrainConfig:
     source_scale: float = 1.0
     color_jitter: str = "basic"
     detail_jitter: float = 1.0
+    copy_paste: float = 0.0
+    paste_classes: list = field(default_factory=list)
     checkpoint: str = "best"
     max_examples: int = 0
     cache: str = "memory"
@@ -115,6 +121,11 @@ class TrainConfig:
         if not self.image_pooling and self.architecture != "unet-lite2":
             raise ConfigError(f"{where}: image_pooling false applies to unet-lite2 only, not {self.architecture}:"
                               " remove the key or set architecture: unet-lite2")
+        if self.copy_paste > 1:
+            raise ConfigError(f"{where}: copy_paste is {self.copy_paste!r}; it is a probability between 0 and 1")
+        if self.copy_paste > 0 and not self.paste_classes:
+            raise ConfigError(f"{where}: copy_paste is {self.copy_paste!r} but paste_classes is empty;"
+                              " name the classes to paste, e.g. paste_classes: [pole, pedestrian]")
         if self.distill_weight > 1:
             raise ConfigError(f"{where}: distill_weight is {self.distill_weight!r}; it must be between 0 and 1")
         if self.min_scale > min(1.0, self.max_scale):
@@ -166,9 +177,10 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
-    "sample_images": (0, True), "seed": (0, True),
+    "copy_paste": (0, True), "sample_images": (0, True), "seed": (0, True),
 }
-LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths"}
+LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",
+              "paste_classes": "class names"}
 TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping",
               list: "a list"}
 

@@ -17,7 +17,7 @@ from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
 __all__ = ["DatasetError", "Pairs", "list_pairs", "select_pairs", "resolve_labels", "load_pixels", "load_example",
            "make_dataset", "worker_share", "input_rate", "cache_bytes", "source_spec",
-           "augment", "class_frequencies", "median_frequency_weights", "enet_weights"]
+           "augment", "paste_objects", "class_frequencies", "median_frequency_weights", "enet_weights"]
 
 
 def load_pixels(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,12 +146,15 @@ def make_dataset(
     seed: int = 0,
     repeat: bool = False,
     source_scale: float = 1.0,
+    copy_paste: float = 0.0,
+    paste_classes: tuple[int, ...] = (),
 ) -> tf.data.Dataset:
     """Decode -> shared prepare (uint8) -> cache -> (shuffle) -> shared normalize -> (augment) ->
     batch -> prefetch. `batch_size` is the batch this dataset yields (per replica when the caller
     distributes it itself); `repeat` makes a training set endless (the caller gives the steps).
     With augmentation, images are prepared and cached at `source_scale` x the input size
-    (`source_spec`) and the zoomed crop brings them to the input size."""
+    (`source_spec`) and the zoomed crop brings them to the input size. With `copy_paste` > 0 and
+    `paste_classes`, each augmented batch goes through `paste_objects`."""
     stored = source_spec(spec, source_scale) if training and augment_data else spec
 
     def load(image_path, mask_path):
@@ -184,7 +187,30 @@ def make_dataset(
                                     detail_jitter),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    if training and augment_data and copy_paste > 0 and paste_classes:
+        batch_seeds = tf.data.Dataset.random(seed=seed + 1).map(lambda x: tf.stack([x, x // 5]))
+        dataset = tf.data.Dataset.zip((dataset, batch_seeds)).map(
+            lambda pair, s: paste_objects(pair[0], pair[1], paste_classes, copy_paste, s),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def paste_objects(images: tf.Tensor, masks: tf.Tensor, classes: tuple[int, ...], probability: float,
+                  seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Copy-paste of small objects within a batch of augmented crops: with `probability`, a crop
+    receives the pixels (image and label) of the `classes` found in the next crop of the batch, at
+    the same place (the crops share a camera's geometry, so a pedestrian stays at pedestrian height).
+    Thin and rare classes (pole, sign, pedestrian, bicyclist) are then seen more often and in front
+    of other scenes' backgrounds, instead of beside the same drive's street furniture.
+    """
+    partner_images = tf.roll(images, shift=-1, axis=0)
+    partner_masks = tf.roll(masks, shift=-1, axis=0)
+    chosen = tf.random.stateless_uniform(tf.shape(masks)[:1], seed) < probability
+    wanted = tf.reduce_any(partner_masks[..., tf.newaxis] == tf.constant(classes, masks.dtype), axis=-1)
+    paste = wanted & chosen[:, tf.newaxis, tf.newaxis]
+    images = tf.where(paste[..., tf.newaxis], partner_images, images)
+    return images, tf.where(paste, partner_masks, masks)
 
 
 def worker_share(pairs: Pairs, num_workers: int, index: int) -> Pairs:

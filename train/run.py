@@ -19,7 +19,7 @@ from edgeseg.extras import load_keras_model
 from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
 from . import data as data_lib
 from .callbacks import BestCheckpoint, CurvesPlot, EpochLog, PredictionGrid, plot_curves
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
 from .losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy, pack_targets
 from .models import build_model, check_input_size, count_flops
@@ -117,6 +117,7 @@ def fit(config: TrainConfig) -> dict:
     run_dir = Path(config.run_dir)
     root = Path(config.data_dir)
     labels = data_lib.resolve_labels(root, config.labels)
+    paste_class_ids(config, labels.names)
     train_pairs = data_lib.select_pairs(root, config.train_split, config.train_prefixes, config.max_examples)
     val_pairs = data_lib.select_pairs(root, config.val_split, config.val_prefixes, config.max_examples)
     if len(train_pairs) < config.batch_size:
@@ -147,7 +148,7 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     report_input_pipeline(config, train_pairs, val_pairs, spec, labels.num_classes)
     teachers = load_teachers(config, spec, labels.num_classes)
     train_ds, val_ds, steps_per_epoch = make_datasets(config, cluster, train_pairs, val_pairs, spec, labels.num_classes,
-                                                      teachers)
+                                                      teachers, paste_class_ids(config, labels.names))
 
     with cluster.strategy.scope():
         model = build_from_config(config, labels.num_classes, synchronized_bn=cluster.replicas > 1)
@@ -251,6 +252,20 @@ def report_input_pipeline(config: TrainConfig, train_pairs, val_pairs, spec: Inp
     print(f"input pipeline: {rate:.1f} images/s decoded and prepared ({os.cpu_count()} CPU cores); cache {cache}")
 
 
+def paste_class_ids(config: TrainConfig, names: list[str]) -> tuple[int, ...]:
+    """The class indices of the config's `paste_classes` (label 0 cannot be pasted).
+
+    Raises:
+        ConfigError: a name that is not one of the dataset's classes (the message lists them).
+    """
+    known = {name: index for index, name in enumerate(names) if index > 0}
+    unknown = [name for name in config.paste_classes if name not in known]
+    if unknown:
+        raise ConfigError(f"paste_classes {unknown} are not classes of {config.data_dir};"
+                          f" choose from {', '.join(known)}")
+    return tuple(known[name] for name in config.paste_classes)
+
+
 def load_teachers(config: TrainConfig, spec: InputSpec, num_classes: int):
     """The config's teachers as one function: batch of training inputs -> mean softmax (None without
     teachers). Checked before training: each must load and take this run's input size and classes.
@@ -285,7 +300,8 @@ def with_teachers(dataset: tf.data.Dataset, teachers) -> tf.data.Dataset:
 
 
 def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs, spec: InputSpec,
-                  num_classes: int, teachers=None) -> tuple[object, tf.data.Dataset, int]:
+                  num_classes: int, teachers=None, paste_classes: tuple[int, ...] = ()
+                  ) -> tuple[object, tf.data.Dataset, int]:
     """Training and validation data for `cluster`, and the training steps per epoch.
 
     Several workers: each worker decodes only its own share of the training files (sharded here,
@@ -301,8 +317,8 @@ def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs,
                                    cache=config.cache).with_options(options)
     common = dict(augment_data=config.augment, max_scale=config.max_scale, min_scale=config.min_scale,
                   strong_color=config.color_jitter == "strong", detail_jitter=config.detail_jitter,
-                  cache=config.cache, seed=config.seed,
-                  source_scale=config.source_scale)
+                  cache=config.cache, seed=config.seed, source_scale=config.source_scale,
+                  copy_paste=config.copy_paste, paste_classes=paste_classes)
     if cluster.kind != "multi-worker":
         train_ds = data_lib.make_dataset(train_pairs, spec, num_classes, config.batch_size, training=True, **common)
         return with_teachers(train_ds, teachers), val_ds, len(train_pairs) // config.batch_size
