@@ -492,6 +492,9 @@ def test_train_cli_errors_are_one_line(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("epochs: 3\nepoch: 4\n")
     cases.append((["--config", str(bad_yaml)], "unknown keys ['epoch']"))
+    bad_paste = tmp_path / "paste.yaml"
+    bad_paste.write_text(f"data_dir: {camvid}\nrun_dir: {tmp_path / 'r3'}\ncopy_paste: 0.5\npaste_classes: [lamp]\n")
+    cases.append((["--config", str(bad_paste)], "paste_classes ['lamp'] are not classes"))
     for args, fragment in cases:
         result = subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env=env, capture_output=True, text=True)
         assert result.returncode != 0

@@ -117,7 +117,7 @@ def fit(config: TrainConfig) -> dict:
     run_dir = Path(config.run_dir)
     root = Path(config.data_dir)
     labels = data_lib.resolve_labels(root, config.labels)
-    paste_class_ids(config, labels.names)
+    paste_class_ids(config, labels.names)  # an unknown class name fails here, before any training
     train_pairs = data_lib.select_pairs(root, config.train_split, config.train_prefixes, config.max_examples)
     val_pairs = data_lib.select_pairs(root, config.val_split, config.val_prefixes, config.max_examples)
     if len(train_pairs) < config.batch_size:
