@@ -189,11 +189,17 @@ def make_dataset(
         )
     dataset = dataset.batch(batch_size, drop_remainder=training)
     if training and augment_data and copy_paste > 0 and paste_classes:
-        batch_seeds = tf.data.Dataset.random(seed=seed + 1).map(lambda x: tf.stack([x, x // 5]))
-        dataset = tf.data.Dataset.zip((dataset, batch_seeds)).map(
-            lambda pair, s: paste_objects(pair[0], pair[1], paste_classes, copy_paste, s),
-            num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = _with_pasted_objects(dataset, paste_classes, copy_paste, seed)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _with_pasted_objects(batches: tf.data.Dataset, classes: tuple[int, ...], probability: float,
+                         seed: int) -> tf.data.Dataset:
+    """`paste_objects` on every batch, with its own stream of seeds."""
+    batch_seeds = tf.data.Dataset.random(seed=seed + 1).map(lambda x: tf.stack([x, x // 5]))
+    return tf.data.Dataset.zip((batches, batch_seeds)).map(
+        lambda pair, s: paste_objects(pair[0], pair[1], classes, probability, s),
+        num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def paste_objects(images: tf.Tensor, masks: tf.Tensor, classes: tuple[int, ...], probability: float,
