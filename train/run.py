@@ -117,7 +117,7 @@ def fit(config: TrainConfig) -> dict:
     run_dir = Path(config.run_dir)
     root = Path(config.data_dir)
     labels = data_lib.resolve_labels(root, config.labels)
-    paste_class_ids(config, labels.names)  # an unknown class name fails here, before any training
+    paste_classes = paste_class_ids(config, labels.names)  # an unknown class name fails here, before any training
     train_pairs = data_lib.select_pairs(root, config.train_split, config.train_prefixes, config.max_examples)
     val_pairs = data_lib.select_pairs(root, config.val_split, config.val_prefixes, config.max_examples)
     if len(train_pairs) < config.batch_size:
@@ -129,7 +129,7 @@ def fit(config: TrainConfig) -> dict:
     print(f"training on {cluster.describe()}; global batch {config.batch_size}")
     out_dir = cluster.output_dir(run_dir)
     try:
-        return _fit(config, cluster, run_dir, out_dir, labels, train_pairs, val_pairs)
+        return _fit(config, cluster, run_dir, out_dir, labels, train_pairs, val_pairs, paste_classes)
     finally:
         cluster.cleanup(run_dir)
         if config.mixed_precision:
@@ -137,7 +137,7 @@ def fit(config: TrainConfig) -> dict:
 
 
 def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, labels,
-         train_pairs: data_lib.Pairs, val_pairs: data_lib.Pairs) -> dict:
+         train_pairs: data_lib.Pairs, val_pairs: data_lib.Pairs, paste_classes: tuple[int, ...] = ()) -> dict:
     config.save(out_dir / "config.yaml")
     atomic.write_text(out_dir / "labels.json", json.dumps(labels.to_dict()))
     keras.utils.set_random_seed(config.seed)
@@ -148,7 +148,7 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     report_input_pipeline(config, train_pairs, val_pairs, spec, labels.num_classes)
     teachers = load_teachers(config, spec, labels.num_classes)
     train_ds, val_ds, steps_per_epoch = make_datasets(config, cluster, train_pairs, val_pairs, spec, labels.num_classes,
-                                                      teachers, paste_class_ids(config, labels.names))
+                                                      teachers, paste_classes)
 
     with cluster.strategy.scope():
         model = build_from_config(config, labels.num_classes, synchronized_bn=cluster.replicas > 1)
