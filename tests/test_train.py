@@ -367,12 +367,13 @@ def test_rectified_adam_matches_the_paper():
     assert float(variable.numpy()[0]) == pytest.approx(_radam_reference(grads), abs=1e-6)
 
 
-def test_loss_decreases_on_a_repeated_real_batch(camvid):
+@pytest.mark.parametrize("lovasz_weight", [0.0, 1.0])
+def test_loss_decreases_on_a_repeated_real_batch(camvid, lovasz_weight):
     import keras
 
     from edgeseg.dataset import list_pairs
     from train.data import load_example
-    from train.losses import MaskedCrossEntropy
+    from train.losses import MaskedCrossEntropy, lovasz_softmax
     from train.models import build_model
     from train.optim import RectifiedAdam
 
@@ -381,9 +382,79 @@ def test_loss_decreases_on_a_repeated_real_batch(camvid):
     batch = [load_example(i, m, InputSpec(64, 96), 12) for i, m in zip(pairs.images, pairs.masks)]
     x, y = np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])
     model = build_model("unet-lite", 64, 96, 12, width_multiplier=0.5)
-    model.compile(optimizer=RectifiedAdam(1e-2), loss=MaskedCrossEntropy())
+    model.compile(optimizer=RectifiedAdam(1e-2), loss=MaskedCrossEntropy(lovasz_weight=lovasz_weight))
+
+    def both_terms():  # (cross-entropy, Lovász) of the model as it trains (batch statistics)
+        logits = model(x, training=True)
+        return float(MaskedCrossEntropy()(y, logits)), float(lovasz_softmax(y, logits))
+
+    before = both_terms()
     losses = [float(model.train_on_batch(x, y)) for _ in range(25)]
-    assert losses[-1] < 0.7 * losses[0], losses
+    after = both_terms()
+    assert losses[-1] < losses[0], losses
+    assert after[0] < 0.7 * before[0], (before, after)
+    assert after[1] < before[1] - 0.05, (before, after)  # the mean IoU rises (Lovász: 1 - mIoU, relaxed)
+
+
+def _real_masks(camvid, count=4, hw=(72, 96)):
+    import cv2
+
+    from edgeseg.dataset import list_pairs
+
+    pairs = list_pairs(camvid, "validation", count)
+    return np.stack([resize_mask(cv2.imread(str(m), cv2.IMREAD_GRAYSCALE), hw) for m in pairs.masks]).astype(np.int32)
+
+
+def _exact_lovasz(labels, logits):
+    """Berman et al.'s reference: sort each class's errors, dot them with the Jaccard loss's steps."""
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = (p / p.sum(-1, keepdims=True)).reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    p, labels = p[labels > 0], labels[labels > 0]
+    losses = []
+    for c in range(1, logits.shape[-1]):
+        fg = (labels == c).astype(np.float64)
+        if fg.any():
+            order = np.argsort(-np.abs(fg - p[:, c]), kind="stable")
+            errors, fg = np.abs(fg - p[:, c])[order], fg[order]
+            jaccard = 1 - (fg.sum() - np.cumsum(fg)) / (fg.sum() + np.cumsum(1 - fg))
+            losses.append(errors @ np.diff(jaccard, prepend=0.0))
+    return float(np.mean(losses))
+
+
+def test_lovasz_term_is_one_minus_the_mean_iou_on_hard_predictions(camvid):
+    from train.losses import lovasz_softmax
+
+    masks = _real_masks(camvid)
+    predicted = np.roll(masks, (3, 5), axis=(1, 2))  # a realistic mistake: the scene shifted a few pixels
+    predicted[:, :10] = 1  # and the top read as sky
+    predicted = np.where(predicted == 0, 3, predicted)
+    labelled = masks > 0
+    ious = [np.sum((masks == c) & (predicted == c) & labelled) / np.sum(((masks == c) | (predicted == c)) & labelled)
+            for c in range(1, 12) if np.any(masks == c)]
+    assert 0.3 < np.mean(ious) < 0.95
+    logits = 40.0 * np.eye(12, dtype=np.float32)[predicted]  # softmax one-hot: errors exactly 0 or 1
+    got = float(lovasz_softmax(masks, logits))
+    assert got == pytest.approx(1 - np.mean(ious), abs=1e-5)  # the Lovász extension meets the Jaccard loss
+    assert float(lovasz_softmax(masks, 40.0 * np.eye(12, dtype=np.float32)[masks])) == pytest.approx(0, abs=1e-6)
+
+
+def test_binned_lovasz_matches_the_exact_sorted_loss_on_soft_predictions(camvid):
+    import keras
+
+    from train.losses import MaskedCrossEntropy, lovasz_softmax
+
+    masks = _real_masks(camvid)
+    rng = np.random.default_rng(4)
+    for scale in (0.5, 2.0, 6.0):
+        logits = (rng.normal(size=(*masks.shape, 12)) * scale).astype(np.float32)
+        logits += 2.0 * np.eye(12, dtype=np.float32)[masks]  # better than chance, not perfect
+        exact = _exact_lovasz(masks, logits)
+        assert float(lovasz_softmax(masks, logits)) == pytest.approx(exact, abs=1.0 / 1024), scale
+        plain = float(MaskedCrossEntropy()(masks, logits))
+        assert float(MaskedCrossEntropy(lovasz_weight=0.5)(masks, logits)) == pytest.approx(plain + 0.5 * exact, abs=1e-3)
+    better = keras.ops.convert_to_tensor(logits + 3.0 * np.eye(12, dtype=np.float32)[masks])
+    assert float(lovasz_softmax(masks, better)) < float(lovasz_softmax(masks, logits))
 
 
 def test_short_real_training_run_writes_everything(tiny_run):

@@ -57,6 +57,8 @@ class TrainConfig:
             mean of their softmax outputs on each augmented training crop joins the labels as the target;
             empty = no distillation.
         distill_weight: the teachers' share of each labelled pixel's target (0..1; the labels have the rest).
+        lovasz_weight: weight of a Lovász-softmax term (Berman et al. 2018: a surrogate of the mean IoU,
+            every class present weighing alike) added to the cross-entropy; 0 = cross-entropy only.
     """
 
     data_dir: str = "data/ADEChallengeData2016"
@@ -99,6 +101,7 @@ class TrainConfig:
     init_from: str = ""
     teachers: list = field(default_factory=list)
     distill_weight: float = 0.5
+    lovasz_weight: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -177,7 +180,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
-    "copy_paste": (0, True), "sample_images": (0, True), "seed": (0, True),
+    "lovasz_weight": (0, True), "copy_paste": (0, True), "sample_images": (0, True), "seed": (0, True),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",
               "paste_classes": "class names"}

@@ -35,13 +35,17 @@ class MaskedCrossEntropy(keras.losses.Loss):
     Distillation (Hinton et al. 2015): when the target carries teacher probabilities
     (`pack_targets`), each labelled pixel's target is ``(1 - distill_weight) * one_hot(label) +
     distill_weight * teachers``, weighted by its label's class weight as before.
+
+    ``lovasz_weight`` > 0 adds that multiple of `lovasz_softmax` (a surrogate of the mean IoU, on the
+    labels only, unweighted: it already weighs every class present alike).
     """
 
     def __init__(self, class_weights: list[float] | None = None, distill_weight: float = 0.0,
-                 name: str = "masked_cross_entropy", **kwargs):
+                 lovasz_weight: float = 0.0, name: str = "masked_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.distill_weight = float(distill_weight)
+        self.lovasz_weight = float(lovasz_weight)
 
     def call(self, y_true, y_pred):
         labels, teachers = split_targets(y_true)
@@ -56,10 +60,50 @@ class MaskedCrossEntropy(keras.losses.Loss):
             table = ops.convert_to_tensor(np.asarray(self.class_weights, np.float32))
             weights = ops.take(table, labels) * ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")
         loss = ops.sum(per_pixel * weights) / ops.maximum(ops.sum(weights), 1e-6)
+        if self.lovasz_weight > 0:
+            loss = loss + self.lovasz_weight * lovasz_softmax(labels, logits)
         return loss / _replicas_in_sync()
 
     def get_config(self):
-        return {**super().get_config(), "class_weights": self.class_weights, "distill_weight": self.distill_weight}
+        return {**super().get_config(), "class_weights": self.class_weights, "distill_weight": self.distill_weight,
+                "lovasz_weight": self.lovasz_weight}
+
+
+def lovasz_softmax(labels, logits, num_bins: int = 1024):
+    """The Lovász-softmax loss (Berman et al., CVPR 2018) over a batch: the mean, over the classes
+    1..N-1 present in ``labels``, of the Lovász extension of that class's Jaccard loss, applied to
+    the per-pixel errors ``|[label == c] - p_c|``. Label 0 is ignored.
+
+    The exact loss sorts every class's errors (an O(P log P) sort of all batch pixels per class, about
+    0.3 s a step on 2 CPU cores at batch 8 x 320x256). Here the errors are sorted into `num_bins`
+    equal bins instead, O(P): every pixel of a bin gets the bin's mean Lovász gradient, computed
+    exactly from the bins' cumulative label counts. The value differs from the exact one by at most
+    1/num_bins, the order of pixels within a bin being the only thing lost.
+    """
+    num_classes = logits.shape[-1]
+    probabilities = ops.reshape(ops.softmax(ops.cast(logits, "float32"), axis=-1), (-1, num_classes))[:, 1:]
+    labels = ops.reshape(labels, (-1,))
+    valid = ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")[:, None]
+    foreground = ops.one_hot(labels, num_classes)[:, 1:] * valid
+    errors = ops.abs(foreground - probabilities) * valid
+    # bin 0 holds the largest errors: the bins in the order of the exact loss's descending sort
+    bins = ops.clip(ops.cast(ops.floor((1.0 - ops.stop_gradient(errors)) * num_bins), "int32"), 0, num_bins - 1)
+    index = ops.reshape(bins + ops.arange(num_classes - 1, dtype="int32")[None, :] * num_bins, (-1,))
+    segments = (num_classes - 1) * num_bins
+
+    def per_bin(values):
+        return ops.reshape(ops.segment_sum(ops.reshape(values, (-1,)), index, num_segments=segments),
+                           (num_classes - 1, num_bins))
+
+    in_bin_fg, in_bin_bg = per_bin(foreground), per_bin(valid * (1.0 - foreground))
+    truth = ops.sum(in_bin_fg, axis=1, keepdims=True)
+    jaccard = 1.0 - (truth - ops.cumsum(in_bin_fg, axis=1)) / ops.maximum(truth + ops.cumsum(in_bin_bg, axis=1), 1e-6)
+    steps = jaccard - ops.pad(jaccard[:, :-1], ((0, 0), (1, 0)))  # the Jaccard loss's rise over each bin
+    gradient = ops.stop_gradient(steps / ops.maximum(in_bin_fg + in_bin_bg, 1.0))
+    pixel_gradient = ops.reshape(ops.take(ops.reshape(gradient, (-1,)), index), (-1, num_classes - 1))
+    per_class = ops.sum(errors * pixel_gradient, axis=0)
+    present = ops.cast(ops.reshape(truth, (-1,)) > 0, "float32")
+    return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
 
 
 def _replicas_in_sync() -> float:
