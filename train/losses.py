@@ -84,7 +84,7 @@ def lovasz_softmax(labels, logits, num_bins: int = 1024):
     probabilities = ops.reshape(ops.softmax(ops.cast(logits, "float32"), axis=-1), (-1, num_classes))[:, 1:]
     labels = ops.reshape(labels, (-1,))
     valid = ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")[:, None]
-    foreground = ops.one_hot(labels, num_classes)[:, 1:] * valid
+    foreground = ops.one_hot(labels, num_classes)[:, 1:]  # label 0 (ignored) is column 0, dropped
     errors = ops.abs(foreground - probabilities) * valid
     # bin 0 holds the largest errors: the bins in the order of the exact loss's descending sort
     bins = ops.clip(ops.cast(ops.floor((1.0 - ops.stop_gradient(errors)) * num_bins), "int32"), 0, num_bins - 1)
