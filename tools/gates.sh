@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The gates a candidate must pass before it replaces the bundled model (issue #16; models/MODEL_CARD.md).
+#
+#   tools/gates.sh runs/camvid_lite_e240 camvid_lite_e240        # -> runs/gates/camvid_lite_e240/
+#
+# 1. convert: float16 + int8, calibrated on CamVid training frames, int8 agreement with Keras >= 98 % on
+#    the validation frames and on three clips no model saw (the same command as `make bundle`);
+# 2. --edgetpu export: every op one the Edge TPU compiler maps (the report says which are not);
+# 3. end-to-end FPS of `edgeseg video` on vtest.avi (480x360, bundled settings), candidate and bundled
+#    alternating, twice each, in one run (compare only within it; the CPU's SIMD flags are printed);
+# 4. what each model calls the unlabelled clips (tools/clip_shares.py), candidate against bundled;
+# 5. side-by-side overlays on the dashcam clip and the plaza (tools/side_by_side.py), for the card.
+# Steps 1 and 2 stop the script when they fail; 3-5 are figures a person reads against the card.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:?usage: tools/gates.sh RUN_DIR LABEL}
+LABEL=${2:?usage: tools/gates.sh RUN_DIR LABEL}
+PY=${PY:-.venv/bin/python}
+EDGESEG=${EDGESEG:-.venv/bin/edgeseg}
+OUT=runs/gates/$LABEL
+BUNDLED=edgeseg/assets/camvid_lite_int8.tflite
+SHARED=../shared/data
+mkdir -p "$OUT"
+[ -f "$RUN/last.keras" ] || { echo "error: $RUN/last.keras not found; finish the training run first" >&2; exit 2; }
+
+echo "== 1. convert (gate: int8 agreement >= 98 % on val and on the unseen clips)"
+$PY -m convert --model "$RUN/last.keras" --quantize all --name "$LABEL" \
+  --calib-data $SHARED/camvid --calib-split training \
+  --eval-data $SHARED/camvid --eval-split validation --min-agreement 0.98 \
+  --check-video $SHARED/video/vtest.avi --check-video $SHARED/video/car-detection.mp4 \
+  --check-video edgeseg/assets/solidWhiteRight.mp4 --output "$OUT"
+
+echo "== 2. Edge TPU export (gate: no unmapped op)"
+$PY -m convert --model "$RUN/last.keras" --quantize int8 --edgetpu --name "${LABEL}_edgetpu" \
+  --calib-data $SHARED/camvid --eval-data $SHARED/camvid --num-eval 8 --min-agreement 0.97 \
+  --output "$OUT/edgetpu" | tee "$OUT/edgetpu.txt"
+
+echo "== 3. end-to-end FPS (gate: >= 60), alternating; CPU flags:"
+grep -o -w 'avx2\|avx512f\|avx512_vnni\|neon\|asimd' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+for round in 1 2; do
+  for model in "$BUNDLED" "$OUT/${LABEL}_int8.tflite"; do
+    echo "-- $model (round $round)"
+    $EDGESEG video $SHARED/video/vtest.avi --model "$model" --headless -o "$OUT/fps.mp4" 2>&1 | grep -i -E 'fps|p50' || true
+  done
+done | tee "$OUT/fps.txt"
+rm -f "$OUT/fps.mp4"
+
+echo "== 4. clip shares (read against the bundled model's)"
+$PY tools/clip_shares.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" | tee "$OUT/clip_shares.md"
+
+echo "== 5. side-by-side pictures"
+$PY tools/side_by_side.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" --clip edgeseg/assets/solidWhiteRight.mp4 \
+  --frames 4 -o "$OUT/dashcam_bundled_vs_${LABEL}.jpg"
+$PY tools/side_by_side.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" --clip $SHARED/video/vtest.avi \
+  --frames 3 -o "$OUT/vtest_bundled_vs_${LABEL}.jpg"
+$PY tools/side_by_side.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" --clip $SHARED/video/car-detection.mp4 \
+  --frames 3 -o "$OUT/carpark_bundled_vs_${LABEL}.jpg"
+echo "gates done: $OUT"
