@@ -2,6 +2,10 @@
 # The gates a candidate must pass before it replaces the bundled model (issue #16; models/MODEL_CARD.md).
 #
 #   tools/gates.sh runs/camvid_lite_e240 camvid_lite_e240        # -> runs/gates/camvid_lite_e240/
+#   CONVERT_OUT=models tools/gates.sh runs/camvid_lite camvid_lite   # step 1 is then `make bundle`'s convert
+#
+# The bundled model it compares against is edgeseg/assets/camvid_lite_int8.tflite (models/ only links to it,
+# and convert replaces that link rather than writing through it), so CONVERT_OUT=models leaves it in place.
 #
 # 1. convert: float16 + int8, calibrated on CamVid training frames, int8 agreement with Keras >= 98 % on
 #    the validation frames and on three clips no model saw (the same command as `make bundle`);
@@ -18,6 +22,8 @@ LABEL=${2:?usage: tools/gates.sh RUN_DIR LABEL}
 PY=${PY:-.venv/bin/python}
 EDGESEG=${EDGESEG:-.venv/bin/edgeseg}
 OUT=runs/gates/$LABEL
+CONVERT_OUT=${CONVERT_OUT:-$OUT}
+CANDIDATE=$CONVERT_OUT/${LABEL}_int8.tflite
 BUNDLED=edgeseg/assets/camvid_lite_int8.tflite
 SHARED=../shared/data
 mkdir -p "$OUT"
@@ -28,7 +34,7 @@ $PY -m convert --model "$RUN/last.keras" --quantize all --name "$LABEL" \
   --calib-data $SHARED/camvid --calib-split training \
   --eval-data $SHARED/camvid --eval-split validation --min-agreement 0.98 \
   --check-video $SHARED/video/vtest.avi --check-video $SHARED/video/car-detection.mp4 \
-  --check-video edgeseg/assets/solidWhiteRight.mp4 --output "$OUT"
+  --check-video edgeseg/assets/solidWhiteRight.mp4 --output "$CONVERT_OUT"
 
 echo "== 2. Edge TPU export (gate: no unmapped op)"
 $PY -m convert --model "$RUN/last.keras" --quantize int8 --edgetpu --name "${LABEL}_edgetpu" \
@@ -38,7 +44,7 @@ $PY -m convert --model "$RUN/last.keras" --quantize int8 --edgetpu --name "${LAB
 echo "== 3. end-to-end FPS (gate: >= 60), alternating; CPU flags:"
 grep -o -w 'avx2\|avx512f\|avx512_vnni\|neon\|asimd' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
 for round in 1 2; do
-  for model in "$BUNDLED" "$OUT/${LABEL}_int8.tflite"; do
+  for model in "$BUNDLED" "$CANDIDATE"; do
     echo "-- $model (round $round)"
     $EDGESEG video $SHARED/video/vtest.avi --model "$model" --headless -o "$OUT/fps.mp4" 2>&1 | grep -i -E 'fps|p50' || true
   done
@@ -46,13 +52,14 @@ done | tee "$OUT/fps.txt"
 rm -f "$OUT/fps.mp4"
 
 echo "== 4. clip shares (read against the bundled model's)"
-$PY tools/clip_shares.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" | tee "$OUT/clip_shares.md"
+$PY tools/clip_shares.py "$BUNDLED" "$CANDIDATE" "$RUN/last.keras" | tee "$OUT/clip_shares.md"
 
 echo "== 5. side-by-side pictures"
-$PY tools/side_by_side.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" --clip edgeseg/assets/solidWhiteRight.mp4 \
+TITLES=(--title "bundled (before)" --title "$LABEL (candidate)")
+$PY tools/side_by_side.py "$BUNDLED" "$CANDIDATE" "${TITLES[@]}" --clip edgeseg/assets/solidWhiteRight.mp4 \
   --frames 4 -o "$OUT/dashcam_bundled_vs_${LABEL}.jpg"
-$PY tools/side_by_side.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" --clip $SHARED/video/vtest.avi \
+$PY tools/side_by_side.py "$BUNDLED" "$CANDIDATE" "${TITLES[@]}" --clip $SHARED/video/vtest.avi \
   --frames 3 -o "$OUT/vtest_bundled_vs_${LABEL}.jpg"
-$PY tools/side_by_side.py "$BUNDLED" "$OUT/${LABEL}_int8.tflite" --clip $SHARED/video/car-detection.mp4 \
+$PY tools/side_by_side.py "$BUNDLED" "$CANDIDATE" "${TITLES[@]}" --clip $SHARED/video/car-detection.mp4 \
   --frames 3 -o "$OUT/carpark_bundled_vs_${LABEL}.jpg"
 echo "gates done: $OUT"
