@@ -125,7 +125,9 @@ def test_a_killed_worker_stops_the_other_and_both_resume(cluster_dirs):
     codes = wait_all(workers, 400)
     chief_log = (logs / "worker0.log").read_text(errors="replace")
     assert codes == [0, 0], chief_log[-3000:]
-    assert f"resuming from the backup of epoch {len(finished)}" in chief_log
+    # A peer killed while saving epoch N holds only N - 1: the group then steps back one epoch.
+    resumed = re.findall(r"resuming from the backup of epoch (\d+)", chief_log)
+    assert resumed and int(resumed[0]) in (len(finished) - 1, len(finished)), chief_log[-3000:]
     assert history_epochs(run_dir) == list(range(1, 7))  # nothing repeated, nothing skipped
     assert not (run_dir / "backup").exists() and list(scratch.glob("edgeseg-*")) == []
     first, second = digests(logs / "worker0.log"), digests(logs / "worker1.log")

@@ -538,6 +538,34 @@ def test_training_killed_mid_run_resumes_where_it_stopped(tmp_path, camvid):
     assert not (run_dir / "backup").exists()  # removed after a completed run
 
 
+def test_a_resume_from_an_older_backup_drops_the_epochs_it_trains_again(tmp_path):
+    import keras
+
+    from train.callbacks import EpochLog
+
+    history = tmp_path / "history.csv"
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+    def run(initial_epoch: int, epochs: range) -> None:
+        model._initial_epoch = initial_epoch  # what BackupAndRestore sets on resume
+        log = EpochLog(str(history), append=True)
+        log.set_model(model)
+        log.on_train_begin()
+        for epoch in epochs:  # Keras counts from 0; the log from 1
+            log.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_miou": 0.1 * epoch})
+        log.on_train_end()
+
+    run(0, range(0, 3))
+    run(2, range(2, 4))  # the group stepped back to the backup of epoch 2: epoch 3 is trained again
+    with open(history) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    assert [float(row["val_miou"]) for row in rows] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    run(4, range(4, 5))  # an ordinary resume keeps every row
+    with open(history) as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4, 5]
+
+
 def test_train_cli_errors_are_one_line(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cases = [

@@ -75,10 +75,30 @@ class PredictionGrid(keras.callbacks.Callback):
 
 class EpochLog(keras.callbacks.CSVLogger):
     """Keras's CSV log with epochs counted from 1, as the console, the samples and best.keras.json
-    count them (resumes append, so a restarted run continues the same numbering)."""
+    count them (resumes append, so a restarted run continues the same numbering). A resume from a
+    backup older than the log's last row (a worker killed while saving steps back one epoch) first
+    drops the rows it will train again, so no epoch appears twice."""
+
+    def on_train_begin(self, logs=None):
+        drop_epochs_after(Path(self.filename), int(getattr(self.model, "_initial_epoch", None) or 0))
+        super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch + 1, logs)
+
+
+def drop_epochs_after(history_csv: Path, epoch: int) -> None:
+    """Rewrite `history_csv` (atomically) without its rows of epochs after `epoch`, if it has any."""
+    if not history_csv.is_file():
+        return
+    with open(history_csv, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2 or all(int(row[0]) <= epoch for row in rows[1:] if row):
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epoch]
+    with atomic_path(history_csv) as tmp, open(tmp, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    print(f"{history_csv.name}: dropped epochs after {epoch}, which this resume trains again")
 
 
 def plot_curves(history_csv: Path, out_png: Path) -> None:
