@@ -42,7 +42,7 @@ $PY -m convert --model "$RUN/last.keras" --quantize int8 --edgetpu --name "${LAB
   --output "$OUT/edgetpu" | tee "$OUT/edgetpu.txt"
 
 echo "== 3. end-to-end FPS (gate: >= 60), alternating; CPU flags:"
-grep -o -w 'avx2\|avx512f\|avx512_vnni\|neon\|asimd' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+$PY -c "from benchmarks.fingerprint import cpu_features, cpu_model; print(cpu_model(), *cpu_features())"
 for round in 1 2; do
   for model in "$BUNDLED" "$CANDIDATE"; do
     echo "-- $model (round $round)"

@@ -93,9 +93,9 @@ def drop_epochs_after(history_csv: Path, epoch: int) -> None:
         return
     with open(history_csv, newline="") as handle:
         rows = list(csv.reader(handle))
-    if len(rows) < 2 or all(int(row[0]) <= epoch for row in rows[1:] if row):
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= epoch]
+    if len(kept) == len(rows):
         return
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epoch]
     with atomic_path(history_csv) as tmp, open(tmp, "w", newline="") as handle:
         csv.writer(handle).writerows(kept)
     print(f"{history_csv.name}: dropped epochs after {epoch}, which this resume trains again")
