@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from conftest import REPO, shared
@@ -89,6 +91,43 @@ def test_clip_shares_tool_reports_what_the_bundled_model_calls_the_dashcam_clip(
     missing = subprocess.run([*tool, str(tmp_path / "nope.tflite")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "nope.tflite is not a file" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_clip_regions_score_the_share_of_each_region_read_as_an_accepted_class(tmp_path):
+    """`--regions`: the bundled model reads the dashcam's sky and road ahead as sky and road (it does,
+    100 % on 24 frames); a region accepting only a class nothing there is (bicyclist) scores 0 %; a
+    region naming a class the model lacks is a clear error. `region_scores` on a known map: exact."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from clip_shares import region_scores
+
+    names = ["unlabelled", "sky", "road"]
+    classes = np.zeros((10, 20), np.uint8)
+    classes[:5] = 1  # top half sky
+    classes[5:, :10] = 2  # bottom left road
+    scores = region_scores([classes, classes], [{"name": "top", "polygon": [[0, 0], [100, 0], [100, 40], [0, 40]],
+                                                 "accept": ["sky"]},
+                                                {"name": "bottom", "polygon": [[0, 60], [100, 60], [100, 100], [0, 100]],
+                                                 "accept": ["road"]}], names)
+    assert scores == {"top": 1.0, "bottom": 0.5}  # rows 0-4 all sky; rows 6-9 half road
+
+    clip = REPO / "edgeseg/assets/solidWhiteRight.mp4"
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(yaml.safe_dump({clip.name: [*yaml.safe_load((REPO / "tools/clip_regions.yaml").read_text())[clip.name],
+                                                   {"name": "nobody", "polygon": [[0, 0], [50, 0], [50, 50]],
+                                                    "accept": ["bicyclist"]}]}))
+    tool = [sys.executable, str(REPO / "tools" / "clip_shares.py"), "--regions", str(regions), "--clip", str(clip)]
+    done = subprocess.run([*tool, str(MODELS / "camvid_lite_int8.tflite"), "--frames", "4"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.strip().splitlines()[-1]
+    assert "sky 100%" in row and "road ahead 100%" in row and "nobody 0%" in row, row
+    mean = float(row.rsplit("**", 2)[-2].rstrip("%"))  # the clip's mean of its three regions (the only clip)
+    assert 65.0 < mean <= 66.7, row
+    regions.write_text(yaml.safe_dump({clip.name: [{"name": "x", "polygon": [[0, 0], [9, 0], [9, 9]],
+                                                    "accept": ["grass"]}]}))
+    bad = subprocess.run([*tool, str(MODELS / "camvid_lite_int8.tflite"), "--frames", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "accepts ['grass']" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_lodo_ensemble_tool_scores_members_and_their_mean_on_a_drive():

@@ -177,6 +177,68 @@ def test_detail_jitter_softens_half_the_crops_and_leaves_masks_alone(camvid):
         TrainConfig(detail_jitter=0.5).validate()
 
 
+def test_camera_warp_moves_image_and_mask_together(camvid):
+    """`camera_warp` rolls and tilts image and mask with one homography: on an image painted from its
+    own mask, the warped image still shows the warped mask's labels, and the corners it uncovers are
+    grey and label 0 (ignored by the loss)."""
+    import tensorflow as tf
+
+    from edgeseg.dataset import read_mask
+    from train.data import camera_warp
+
+    spec = InputSpec(256, 320)
+    mask = resize_mask(read_mask(sorted((camvid / "annotations" / "training").glob("*.png"))[5], 12), spec.size_hw)
+    painted = np.repeat((mask.astype(np.float32) / 12.0)[..., None], 3, axis=2)
+    uncovered = []
+    for seed in range(6):
+        image, warped = camera_warp(tf.constant(painted), tf.constant(mask[..., None]), tf.constant([seed, 1], tf.int64))
+        image, warped = image.numpy(), warped.numpy()[..., 0]
+        assert image.shape == (256, 320, 3) and warped.dtype == np.uint8
+        assert not np.array_equal(warped, mask)
+        assert set(np.unique(warped)) <= set(np.unique(mask)) | {0}
+        labelled = warped != 0
+        inside = labelled & (np.abs(image[..., 0] * 12.0 - warped) < 0.5)
+        assert inside.sum() > 0.95 * labelled.sum()  # edges between labels blend (bilinear), the rest match
+        ones = camera_warp(tf.ones((256, 320, 3)), tf.ones((256, 320, 1), tf.uint8), tf.constant([seed, 1], tf.int64))
+        corners = ones[1].numpy()[..., 0] == 0  # where the same warp of an all-ones crop finds no pixel
+        uncovered.append(corners.mean())
+        assert (warped[corners] == 0).all()
+        assert (np.abs(image[corners] - 0.5) < 0.02).mean() > 0.9  # grey, but for a blended fringe
+    assert max(uncovered) > 0.02 and min(uncovered) < 0.2  # a few percent of the crop, never most of it
+
+
+def test_camera_jitter_changes_about_its_share_of_crops_and_keeps_their_labels(camvid):
+    """`camera_jitter` 0 leaves `augment` as it was; at 0.3 most crops (1 - 0.7^4 of them) get at least
+    one of roll/pitch, blur, noise and JPEG, the rest are the plain crops of the same seeds; labels stay
+    a subset of the crop's own plus 0, pixels stay in [0, 1]. Out-of-range values are config errors."""
+    import tensorflow as tf
+
+    from train.config import ConfigError, TrainConfig
+    from train.data import augment, load_pixels
+
+    spec = InputSpec(256, 320)
+    image_path = sorted((camvid / "images" / "training").glob("*.jpg"))[7]
+    pixels, mask = load_pixels(str(image_path), str(camvid / "annotations" / "training" / (image_path.stem + ".png")),
+                               spec, 12)
+    image = tf.constant(normalize(pixels, spec))
+    changed = 0
+    for seed in range(20):
+        seeds = tf.constant([seed, 9], tf.int64)
+        plain, plain_mask = augment(image, tf.constant(mask), 1.75, seeds, 0.75, True, spec.size_hw)
+        off, off_mask = augment(image, tf.constant(mask), 1.75, seeds, 0.75, True, spec.size_hw, camera_jitter=0.0)
+        out, out_mask = augment(image, tf.constant(mask), 1.75, seeds, 0.75, True, spec.size_hw, camera_jitter=0.3)
+        assert np.array_equal(plain.numpy(), off.numpy()) and np.array_equal(plain_mask.numpy(), off_mask.numpy())
+        out, out_mask = out.numpy(), out_mask.numpy()
+        assert out.shape == (256, 320, 3) and 0.0 <= out.min() and out.max() <= 1.0
+        assert set(np.unique(out_mask)) <= set(np.unique(plain_mask.numpy())) | {0}
+        changed += not np.array_equal(out, np.clip(plain.numpy(), 0.0, 1.0))
+    assert 10 <= changed <= 19  # about 76 % of 20
+    with pytest.raises(ConfigError, match="camera_jitter"):
+        TrainConfig(camera_jitter=1.5).validate()
+    with pytest.raises(ConfigError, match="camera_jitter"):
+        TrainConfig(camera_jitter=-0.1).validate()
+
+
 def test_copy_paste_moves_the_named_classes_from_the_next_crop(camvid):
     """`copy_paste` gives a crop the image and label pixels of the named classes in the next crop of
     its batch, at the same place, and leaves every other pixel alone; the training pipeline applies

@@ -12,7 +12,9 @@
 # 2. --edgetpu export: every op one the Edge TPU compiler maps (the report says which are not);
 # 3. end-to-end FPS of `edgeseg video` on vtest.avi (480x360, bundled settings), candidate and bundled
 #    alternating, twice each, in one run (compare only within it; the CPU's SIMD flags are printed);
-# 4. what each model calls the unlabelled clips (tools/clip_shares.py), candidate against bundled;
+# 4. what each model calls the unlabelled clips (tools/clip_shares.py), candidate against bundled, and
+#    how much of the coarse regions drawn where the class is not in doubt each reads right
+#    (tools/clip_regions.yaml; the candidate's mean of the clips should not fall below the bundled one's);
 # 5. side-by-side overlays on the dashcam clip and the plaza (tools/side_by_side.py), for the card.
 # Steps 1 and 2 stop the script when they fail; 3-5 are figures a person reads against the card.
 set -euo pipefail
@@ -52,7 +54,8 @@ done | tee "$OUT/fps.txt"
 rm -f "$OUT/fps.mp4"
 
 echo "== 4. clip shares (read against the bundled model's)"
-$PY tools/clip_shares.py "$BUNDLED" "$CANDIDATE" "$RUN/last.keras" | tee "$OUT/clip_shares.md"
+$PY tools/clip_shares.py --regions tools/clip_regions.yaml "$BUNDLED" "$CANDIDATE" "$RUN/last.keras" \
+  | tee "$OUT/clip_shares.md"
 
 echo "== 5. side-by-side pictures"
 TITLES=(--title "bundled (before)" --title "$LABEL (candidate)")

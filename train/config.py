@@ -43,6 +43,9 @@ class TrainConfig:
         detail_jitter: half of the training crops are shrunk by a random factor in [1, detail_jitter] and
             resized back (a softer camera, a farther scene: textures at less detail than CamVid's);
             1 = off.
+        camera_jitter: the probability of each of `train.data.other_camera`'s effects on a training crop
+            (another mount's roll and pitch, blur, sensor noise, JPEG re-compression: footage from other
+            cameras than the dataset's); 0 = off.
         copy_paste: the probability that a training crop receives the `paste_classes` pixels of another
             crop in its batch (image and label, same place; `train.data.paste_objects`); 0 = off.
         paste_classes: class names that `copy_paste` copies (e.g. the thin and rare pole, signsymbol,
@@ -90,6 +93,7 @@ class TrainConfig:
     source_scale: float = 1.0
     color_jitter: str = "basic"
     detail_jitter: float = 1.0
+    camera_jitter: float = 0.0
     copy_paste: float = 0.0
     paste_classes: list = field(default_factory=list)
     checkpoint: str = "best"
@@ -124,6 +128,8 @@ class TrainConfig:
         if not self.image_pooling and self.architecture != "unet-lite2":
             raise ConfigError(f"{where}: image_pooling false applies to unet-lite2 only, not {self.architecture}:"
                               " remove the key or set architecture: unet-lite2")
+        if self.camera_jitter > 1:
+            raise ConfigError(f"{where}: camera_jitter is {self.camera_jitter!r}; it is a probability between 0 and 1")
         if self.copy_paste > 1:
             raise ConfigError(f"{where}: copy_paste is {self.copy_paste!r}; it is a probability between 0 and 1")
         if self.copy_paste > 0 and not self.paste_classes:
@@ -180,7 +186,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
-    "lovasz_weight": (0, True), "copy_paste": (0, True), "sample_images": (0, True), "seed": (0, True),
+    "lovasz_weight": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True), "seed": (0, True),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",
               "paste_classes": "class names"}

@@ -17,7 +17,7 @@ from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
 __all__ = ["DatasetError", "Pairs", "list_pairs", "select_pairs", "resolve_labels", "load_pixels", "load_example",
            "make_dataset", "worker_share", "input_rate", "cache_bytes", "source_spec",
-           "augment", "paste_objects", "class_frequencies", "median_frequency_weights", "enet_weights"]
+           "augment", "other_camera", "camera_warp", "paste_objects", "class_frequencies", "median_frequency_weights", "enet_weights"]
 
 
 def load_pixels(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,11 +53,12 @@ def source_spec(spec: InputSpec, source_scale: float) -> InputSpec:
 
 def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor, min_scale: float = 1.0,
             strong_color: bool = False, size_hw: tuple[int, int] | None = None,
-            detail_jitter: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
+            detail_jitter: float = 1.0, camera_jitter: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
     """Random horizontal flip, zoom in [min_scale, max_scale] then crop (image bilinear, mask
     NEAREST; a zoom below 1 pads with grey and label 0, which the loss ignores), colour jitter and,
     with `detail_jitter` > 1, on half the crops a shrink by up to that factor and back (the mask is
-    unchanged: only the image loses detail).
+    unchanged: only the image loses detail). With `camera_jitter` > 0, `other_camera` then gives
+    each crop, with that probability each, another mount's roll and pitch, blur, noise and JPEG.
 
     `size_hw` is the output (network input) size, zoom 1 = the whole frame at that size; by default
     the image's own. A larger image (`source_spec`) is resized with antialiasing where it shrinks.
@@ -90,6 +91,9 @@ def augment(image: tf.Tensor, mask: tf.Tensor, max_scale: float, seed: tf.Tensor
     if detail_jitter > 1.0:
         image = _less_detail(image, (height, width), detail_jitter,
                              tf.random.experimental.stateless_fold_in(seeds[4], 1))
+    if camera_jitter > 0.0:
+        image, mask = tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width, 1))
+        image, mask = other_camera(image, mask, camera_jitter, tf.random.experimental.stateless_fold_in(seeds[3], 1))
     image = tf.ensure_shape(image, (height, width, 3))
     return image, tf.ensure_shape(mask[..., 0], (height, width))
 
@@ -119,6 +123,74 @@ def _less_detail(image: tf.Tensor, size_hw: tuple[int, int], max_factor: float, 
     return tf.cond(tf.random.stateless_uniform([], seeds[0]) < 0.5, soften, lambda: image)
 
 
+MAX_ROLL_DEGREES = 10.0  # camera_jitter's geometry: a roll up to this either way,
+MAX_PITCH = 0.25  # and a keystone that scales the top and bottom rows by up to 1 -+ this
+
+
+def other_camera(image: tf.Tensor, mask: tf.Tensor, probability: float,
+                 seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Frames as another camera on another mount takes them: each of four effects, independently
+    with `probability`, on one ``(H, W, 3)`` [0, 1] crop and its ``(H, W, 1)`` uint8 mask.
+
+    - `camera_warp`: a roll of up to 10 degrees and a pitch keystone (image and mask alike; the
+      uncovered corners are grey and label 0, which the loss ignores);
+    - a Gaussian blur, sigma 0.5-1.5 pixels (a softer lens, focus, motion);
+    - sensor noise, sigma 0.01-0.04;
+    - JPEG re-compression at quality 25-85 (streamed and stored footage).
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 8)
+
+    def maybe(index: int, effect, *values):
+        return tf.cond(tf.random.stateless_uniform([], seeds[index]) < probability,
+                       lambda: effect(*values), lambda: values if len(values) > 1 else values[0])
+
+    image, mask = maybe(0, lambda i, m: camera_warp(i, m, seeds[1]), image, mask)
+    image = maybe(2, lambda i: _blur(i, tf.random.stateless_uniform([], seeds[3], 0.5, 1.5)), image)
+    image = maybe(4, lambda i: tf.clip_by_value(
+        i + tf.random.stateless_normal(tf.shape(i), seeds[5]) * tf.random.stateless_uniform([], seeds[3] + 1, 0.01, 0.04),
+        0.0, 1.0), image)
+    image = maybe(6, lambda i: tf.image.stateless_random_jpeg_quality(tf.clip_by_value(i, 0.0, 1.0), 25, 85, seeds[7]),
+                  image)
+    return image, mask
+
+
+def camera_warp(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Roll (up to `MAX_ROLL_DEGREES`) and pitch keystone (`MAX_PITCH`) about the crop's centre: one
+    homography for the ``(H, W, 3)`` image (bilinear, grey outside) and ``(H, W, 1)`` uint8 mask
+    (nearest, label 0 outside)."""
+    height, width = image.shape[0], image.shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    angle = tf.random.stateless_uniform([], seeds[0], -MAX_ROLL_DEGREES, MAX_ROLL_DEGREES) * (np.pi / 180.0)
+    pitch = tf.random.stateless_uniform([], seeds[1], -MAX_PITCH, MAX_PITCH) / (height / 2.0)
+    cos, sin, zero, one = tf.cos(angle), tf.sin(angle), tf.constant(0.0), tf.constant(1.0)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    to_centre = tf.constant([[1.0, 0.0, -cx], [0.0, 1.0, -cy], [0.0, 0.0, 1.0]])
+    back = tf.constant([[1.0, 0.0, cx], [0.0, 1.0, cy], [0.0, 0.0, 1.0]])
+    roll = tf.stack([tf.stack([cos, -sin, zero]), tf.stack([sin, cos, zero]), tf.stack([zero, zero, one])])
+    keystone = tf.stack([tf.stack([one, zero, zero]), tf.stack([zero, one, zero]), tf.stack([zero, pitch, one])])
+    matrix = back @ keystone @ roll @ to_centre  # output pixel -> the input pixel it samples
+    transform = tf.reshape(matrix / matrix[2, 2], [9])[:8][tf.newaxis]
+
+    def warp(values, fill, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=values[tf.newaxis], transforms=transform, output_shape=[height, width],
+            fill_value=fill, interpolation=interpolation, fill_mode="CONSTANT")[0]
+
+    return warp(image, 0.5, "BILINEAR"), warp(mask, 0.0, "NEAREST")
+
+
+def _blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """Separable Gaussian blur of an ``(H, W, 3)`` image (7 taps, edges reflected)."""
+    taps = tf.range(-3.0, 4.0)
+    kernel = tf.exp(-taps * taps / (2.0 * sigma * sigma))
+    kernel = kernel / tf.reduce_sum(kernel)
+    padded = tf.pad(image[tf.newaxis], [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+    rows = tf.tile(tf.reshape(kernel, [7, 1, 1, 1]), [1, 1, 3, 1])
+    cols = tf.tile(tf.reshape(kernel, [1, 7, 1, 1]), [1, 1, 3, 1])
+    out = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(out, cols, [1, 1, 1, 1], "VALID")[0]
+
+
 def _strong_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Saturation 0.6-1.4, hue +-0.04, gamma 0.7-1.4 and a per-channel gain 0.9-1.1 (white balance),
     on [0, 1] pixels: the light and cameras of drives the model never saw."""
@@ -142,6 +214,7 @@ def make_dataset(
     min_scale: float = 1.0,
     strong_color: bool = False,
     detail_jitter: float = 1.0,
+    camera_jitter: float = 0.0,
     cache: str = "memory",
     seed: int = 0,
     repeat: bool = False,
@@ -184,7 +257,7 @@ def make_dataset(
         counter = tf.data.Dataset.random(seed=seed).map(lambda x: tf.stack([x, x // 7]))
         dataset = tf.data.Dataset.zip((dataset, counter)).map(
             lambda pair, s: augment(pair[0], pair[1], max_scale, s, min_scale, strong_color, spec.size_hw,
-                                    detail_jitter),
+                                    detail_jitter, camera_jitter),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     dataset = dataset.batch(batch_size, drop_remainder=training)

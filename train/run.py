@@ -318,6 +318,7 @@ def make_datasets(config: TrainConfig, cluster: Cluster, train_pairs, val_pairs,
                                    cache=config.cache).with_options(options)
     common = dict(augment_data=config.augment, max_scale=config.max_scale, min_scale=config.min_scale,
                   strong_color=config.color_jitter == "strong", detail_jitter=config.detail_jitter,
+                  camera_jitter=config.camera_jitter,
                   cache=config.cache, seed=config.seed, source_scale=config.source_scale,
                   copy_paste=config.copy_paste, paste_classes=paste_classes)
     if cluster.kind != "multi-worker":
