@@ -116,9 +116,12 @@ def test_clip_regions_score_the_share_of_each_region_read_as_an_accepted_class(t
                                                    {"name": "nobody", "polygon": [[0, 0], [50, 0], [50, 50]],
                                                     "accept": ["bicyclist"]}]}))
     tool = [sys.executable, str(REPO / "tools" / "clip_shares.py"), "--regions", str(regions), "--clip", str(clip)]
-    done = subprocess.run([*tool, str(MODELS / "camvid_lite_int8.tflite"), "--frames", "4"],
-                          capture_output=True, text=True, timeout=120)
+    picture = tmp_path / "regions.jpg"
+    done = subprocess.run([*tool, str(MODELS / "camvid_lite_int8.tflite"), "--frames", "4", "--draw-regions",
+                           str(picture)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    drawn = cv2.imread(str(picture))  # the clip's mean frame, 640 wide, with the regions in red
+    assert drawn.shape == (360, 640, 3) and ((drawn[..., 2] > 200) & (drawn[..., 1] < 60)).sum() > 1000
     row = done.stdout.strip().splitlines()[-1]
     assert "sky 100%" in row and "road ahead 100%" in row and "nobody 0%" in row, row
     mean = float(row.rsplit("**", 2)[-2].rstrip("%"))  # the clip's mean of its three regions (the only clip)

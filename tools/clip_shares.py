@@ -70,6 +70,31 @@ def region_scores(maps: list[np.ndarray], regions: list[dict], names: list[str])
     return scores
 
 
+def draw_regions(frames: dict[str, list[np.ndarray]], regions: dict[str, list[dict]], out: Path) -> None:
+    """The regions in red on the mean of each clip's frames (what stays put), one 640-wide row per clip."""
+    import cv2
+
+    from edgeseg import atomic
+
+    rows = []
+    for name, clip_frames in frames.items():
+        if not regions.get(name):
+            continue
+        mean = np.mean([frame.astype(np.float32) for frame in clip_frames], axis=0).astype(np.uint8)
+        height, width = mean.shape[:2]
+        row = cv2.resize(mean, (640, round(640 * height / width)), interpolation=cv2.INTER_AREA)
+        for region in regions[name]:
+            points = np.round(np.asarray(region["polygon"], np.float64) * [6.4, row.shape[0] / 100.0]).astype(np.int32)
+            cv2.polylines(row, [points], True, (0, 0, 255), 2, cv2.LINE_AA)
+            label = f"{region['name']}: {', '.join(region['accept'])}"
+            cv2.putText(row, label, (int(points[:, 0].min()) + 6, int(points[:, 1].min()) + 18),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
+        cv2.putText(row, name, (8, row.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        rows.append(row)
+    ok, data = cv2.imencode(out.suffix or ".jpg", np.vstack(rows))
+    atomic.write_bytes(out, data.tobytes())
+
+
 class Model:
     """One model, loaded once: its class maps of frames, and (Keras) its probabilities for --ensemble."""
 
@@ -112,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble", action="store_true", help="add a row for the mean softmax of the (Keras) models")
     parser.add_argument("--regions", type=Path, help="YAML of coarse regions per clip (tools/clip_regions.yaml):"
                         " also score each model on them")
+    parser.add_argument("--draw-regions", type=Path, metavar="OUT.jpg", help="also draw the regions on the mean of"
+                        " each clip's frames (one row per clip) and write that picture")
     parser.add_argument("--tta", action="store_true", help="run each model on the frame and its mirror, averaged"
                         " (`edgeseg --tta`)")
     args = parser.parse_args(argv)
@@ -134,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     frames = {clip.name: spaced_frames(clip, args.frames) for clip in clips}
+    if args.draw_regions:
+        if not regions:
+            print("error: --draw-regions needs --regions FILE", file=sys.stderr)
+            return 2
+        draw_regions(frames, regions, args.draw_regions)
     try:
         return _report(args, frames, regions)
     except RegionError as exc:
