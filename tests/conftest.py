@@ -47,7 +47,7 @@ def street_frames() -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, camvid) -> Path:
     """A tiny unet-lite trained for 10 short epochs on 48 real CamVid images (~1 min), saved like
-    `python -m train` saves it (best.keras + labels.json)."""
+    `python -m train` saves it (best.keras + labels.json; snapshots of epochs 5 and 10)."""
     from train.config import TrainConfig
     from train.run import fit
 
@@ -55,7 +55,7 @@ def tiny_run(tmp_path_factory, camvid) -> Path:
     config = TrainConfig(
         data_dir=str(camvid), run_dir=str(run_dir), architecture="unet-lite", height=TINY_HW[0], width=TINY_HW[1],
         width_multiplier=0.5, batch_size=8, epochs=10, learning_rate=0.01, lr_schedule="cosine",
-        max_examples=48, sample_images=2, early_stop_patience=50, seed=1,
+        max_examples=48, sample_images=2, early_stop_patience=50, seed=1, snapshot_every=5,
     )
     fit(config)
     return run_dir

@@ -532,6 +532,25 @@ def test_short_real_training_run_writes_everything(tiny_run):
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
 
 
+def test_snapshots_keep_the_weights_of_every_nth_epoch(tiny_run):
+    """snapshot_every: 5 over 10 epochs saves epochs 5 and 10; epoch 10 is the final model (last.keras),
+    epoch 5 an earlier point of the same schedule."""
+    import keras
+
+    import train.losses  # noqa: F401
+    import train.optim  # noqa: F401
+
+    snapshots = sorted(p.name for p in (tiny_run / "snapshots").iterdir())
+    assert snapshots == ["epoch_005.keras", "epoch_010.keras"]
+
+    def weights(path):
+        return keras.models.load_model(path, compile=False).get_weights()
+
+    last, tenth, fifth = weights(tiny_run / "last.keras"), *(weights(tiny_run / "snapshots" / n) for n in snapshots[::-1])
+    assert all(np.array_equal(a, b) for a, b in zip(last, tenth))
+    assert not all(np.array_equal(a, b) for a, b in zip(last, fifth))
+
+
 def test_a_fixed_schedule_delivers_the_last_epoch(tiny_run, tiny_keras, tmp_path, camvid):
     """checkpoint: last (the final model on train + val) scores and names last.keras and stops no
     run early; checkpoint: best delivers best.keras even when the last weights differ."""

@@ -46,6 +46,22 @@ class BestCheckpoint(keras.callbacks.Callback):
         print(f"\nepoch {epoch + 1}: {self.monitor} improved to {self.best:.4f}, saved {self.path}")
 
 
+class Snapshots(keras.callbacks.Callback):
+    """Save ``epoch_NNN.keras`` every `every` epochs (atomically), so points of one schedule can be
+    scored afterwards (held-out data, clips) without training a run per point."""
+
+    def __init__(self, folder: Path, every: int):
+        super().__init__()
+        self.folder, self.every = Path(folder), every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / f"epoch_{epoch + 1:03d}.keras") as tmp:
+            self.model.save(tmp)
+
+
 def prediction_grid(images_rgb: np.ndarray, truths: np.ndarray, predictions: np.ndarray, labels: LabelSet) -> np.ndarray:
     """Rows of (image | truth | prediction) as one BGR uint8 picture."""
     palette = labels.palette_bgr()

@@ -52,6 +52,8 @@ class TrainConfig:
             pedestrian, bicyclist); checked against the dataset's labels before training.
         checkpoint: which weights the run delivers and evaluates: ``"best"`` (highest val mIoU, early
             stopping on) or ``"last"`` (the final epoch, for a fixed schedule on train + val).
+        snapshot_every: also save ``snapshots/epoch_NNN.keras`` every this many epochs (to score points of
+            one schedule afterwards, e.g. on held-out frames and clips); 0 = off.
         max_examples: use only the first N training and validation pairs (debugging), 0 = all.
         cache: ``"memory"``, ``"none"`` or a file path for tf.data's cache.
         init_from: a ``.keras`` model of the same architecture, size and class count whose weights start
@@ -97,6 +99,7 @@ class TrainConfig:
     copy_paste: float = 0.0
     paste_classes: list = field(default_factory=list)
     checkpoint: str = "best"
+    snapshot_every: int = 0
     max_examples: int = 0
     cache: str = "memory"
     mixed_precision: bool = False
@@ -186,7 +189,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
-    "lovasz_weight": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True), "seed": (0, True),
+    "lovasz_weight": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True), "snapshot_every": (0, True), "seed": (0, True),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",
               "paste_classes": "class names"}
