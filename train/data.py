@@ -224,10 +224,9 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Decode -> shared prepare (uint8) -> cache -> (shuffle) -> shared normalize -> (augment) ->
     batch -> prefetch. `batch_size` is the batch this dataset yields (per replica when the caller
-    distributes it itself); `repeat` makes a training set endless (the caller gives the steps).
-    With augmentation, images are prepared and cached at `source_scale` x the input size
-    (`source_spec`) and the zoomed crop brings them to the input size. With `copy_paste` > 0 and
-    `paste_classes`, each augmented batch goes through `paste_objects`."""
+    distributes it itself); `repeat` makes a training set endless (the caller gives the steps). With
+    augmentation, images are prepared and cached at `source_scale` x the input size (`source_spec`)
+    and the zoomed crop brings them to the input size; with `copy_paste` > 0, each batch goes through `paste_objects`."""
     stored = source_spec(spec, source_scale) if training and augment_data else spec
 
     def load(image_path, mask_path):
