@@ -17,7 +17,8 @@ from edgeseg.preprocess import InputSpec, normalize, prepare_pixels, resize_mask
 
 __all__ = ["DatasetError", "Pairs", "list_pairs", "select_pairs", "resolve_labels", "load_pixels", "load_example",
            "make_dataset", "worker_share", "input_rate", "cache_bytes", "source_spec",
-           "augment", "other_camera", "camera_warp", "paste_objects", "class_frequencies", "median_frequency_weights", "enet_weights"]
+           "augment", "other_camera", "camera_warp", "paste_objects", "class_frequencies", "median_frequency_weights",
+           "enet_weights"]
 
 
 def load_pixels(image_path: str, mask_path: str, spec: InputSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,9 +147,9 @@ def other_camera(image: tf.Tensor, mask: tf.Tensor, probability: float,
 
     image, mask = maybe(0, lambda i, m: camera_warp(i, m, seeds[1]), image, mask)
     image = maybe(2, lambda i: _blur(i, tf.random.stateless_uniform([], seeds[3], 0.5, 1.5)), image)
-    image = maybe(4, lambda i: tf.clip_by_value(
-        i + tf.random.stateless_normal(tf.shape(i), seeds[5]) * tf.random.stateless_uniform([], seeds[3] + 1, 0.01, 0.04),
-        0.0, 1.0), image)
+    noise_sigma = tf.random.stateless_uniform([], seeds[3] + 1, 0.01, 0.04)  # seeds[3] + 1: a seed of its own
+    image = maybe(4, lambda i: tf.clip_by_value(i + tf.random.stateless_normal(tf.shape(i), seeds[5]) * noise_sigma,
+                                                0.0, 1.0), image)
     image = maybe(6, lambda i: tf.image.stateless_random_jpeg_quality(tf.clip_by_value(i, 0.0, 1.0), 25, 85, seeds[7]),
                   image)
     return image, mask
