@@ -14,7 +14,8 @@
 #    alternating, twice each, in one run (compare only within it; the CPU's SIMD flags are printed);
 # 4. what each model calls the unlabelled clips (tools/clip_shares.py), candidate against bundled, and
 #    how much of the coarse regions drawn where the class is not in doubt each reads right
-#    (tools/clip_regions.yaml; the candidate's mean of the clips should not fall below the bundled one's);
+#    (tools/clip_regions.yaml; one model's reading swings by up to 23 points along one schedule, so read a
+#    candidate against that spread: configs/lodo/README.md);
 # 5. side-by-side overlays on the dashcam clip and the plaza (tools/side_by_side.py), for the card.
 # Steps 1 and 2 stop the script when they fail; 3-5 are figures a person reads against the card.
 set -euo pipefail
