@@ -57,17 +57,23 @@ def region_scores(maps: list[np.ndarray], regions: list[dict], names: list[str])
             raise RegionError(f"region {region['name']!r} accepts {unknown}, not classes of this model"
                               f" ({', '.join(names)}); fix its accept list")
         accepted = np.isin(np.arange(len(names)), [names.index(name) for name in region["accept"]])
+        masks: dict[tuple[int, int], np.ndarray] = {}  # the region rasterised once per map size
         hits = total = 0
         for classes in maps:
-            height, width = classes.shape
-            inside = np.zeros((height, width), np.uint8)
-            points = np.round(np.asarray(region["polygon"], np.float64) * [width / 100.0, height / 100.0])
-            cv2.fillPoly(inside, [points.astype(np.int32)], 1)
-            inside = inside.astype(bool)
+            if classes.shape not in masks:
+                mask = np.zeros(classes.shape, np.uint8)
+                cv2.fillPoly(mask, [polygon_points(region["polygon"], classes.shape[1], classes.shape[0])], 1)
+                masks[classes.shape] = mask.astype(bool)
+            inside = masks[classes.shape]
             hits += int(accepted[classes[inside]].sum())
             total += int(inside.sum())
         scores[region["name"]] = hits / max(total, 1)
     return scores
+
+
+def polygon_points(polygon: list, width: int, height: int) -> np.ndarray:
+    """A region's polygon ([x, y] in percent of the frame) as int32 pixel points of a width x height picture."""
+    return np.round(np.asarray(polygon, np.float64) * [width / 100.0, height / 100.0]).astype(np.int32)
 
 
 def draw_regions(frames: dict[str, list[np.ndarray]], regions: dict[str, list[dict]], out: Path) -> None:
@@ -84,7 +90,7 @@ def draw_regions(frames: dict[str, list[np.ndarray]], regions: dict[str, list[di
         height, width = mean.shape[:2]
         row = cv2.resize(mean, (640, round(640 * height / width)), interpolation=cv2.INTER_AREA)
         for region in regions[name]:
-            points = np.round(np.asarray(region["polygon"], np.float64) * [6.4, row.shape[0] / 100.0]).astype(np.int32)
+            points = polygon_points(region["polygon"], row.shape[1], row.shape[0])
             cv2.polylines(row, [points], True, (0, 0, 255), 2, cv2.LINE_AA)
             label = f"{region['name']}: {', '.join(region['accept'])}"
             cv2.putText(row, label, (int(points[:, 0].min()) + 6, int(points[:, 1].min()) + 18),
