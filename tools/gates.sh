@@ -3,6 +3,8 @@
 #
 #   tools/gates.sh runs/camvid_lite_e240 camvid_lite_e240        # -> runs/gates/camvid_lite_e240/
 #   CONVERT_OUT=models tools/gates.sh runs/camvid_lite camvid_lite   # step 1 is then `make bundle`'s convert
+#   MODEL=runs/camvid_lite_e240/last_w8.keras tools/gates.sh runs/camvid_lite_e240 e240_w8   # another .keras of the run,
+#       e.g. its kernels snapped to the int8 grid (`python -m train snap-weights RUN/last.keras`)
 #
 # The bundled model it compares against is edgeseg/assets/camvid_lite_int8.tflite (models/ only links to it,
 # and convert replaces that link rather than writing through it), so CONVERT_OUT=models leaves it in place.
@@ -30,17 +32,18 @@ CANDIDATE=$CONVERT_OUT/${LABEL}_int8.tflite
 BUNDLED=edgeseg/assets/camvid_lite_int8.tflite
 SHARED=../shared/data
 mkdir -p "$OUT"
-[ -f "$RUN/last.keras" ] || { echo "error: $RUN/last.keras not found; finish the training run first" >&2; exit 2; }
+MODEL=${MODEL:-$RUN/last.keras}
+[ -f "$MODEL" ] || { echo "error: $MODEL not found; finish the training run first" >&2; exit 2; }
 
 echo "== 1. convert (gate: int8 agreement >= 98 % on val and on the unseen clips)"
-$PY -m convert --model "$RUN/last.keras" --quantize all --name "$LABEL" \
+$PY -m convert --model "$MODEL" --quantize all --name "$LABEL" \
   --calib-data $SHARED/camvid --calib-split training \
   --eval-data $SHARED/camvid --eval-split validation --min-agreement 0.98 \
   --check-video $SHARED/video/vtest.avi --check-video $SHARED/video/car-detection.mp4 \
   --check-video edgeseg/assets/solidWhiteRight.mp4 --output "$CONVERT_OUT"
 
 echo "== 2. Edge TPU export (gate: no unmapped op)"
-$PY -m convert --model "$RUN/last.keras" --quantize int8 --edgetpu --name "${LABEL}_edgetpu" \
+$PY -m convert --model "$MODEL" --quantize int8 --edgetpu --name "${LABEL}_edgetpu" \
   --calib-data $SHARED/camvid --eval-data $SHARED/camvid --num-eval 8 --min-agreement 0.97 \
   --output "$OUT/edgetpu" | tee "$OUT/edgetpu.txt"
 
@@ -55,7 +58,7 @@ done | tee "$OUT/fps.txt"
 rm -f "$OUT/fps.mp4"
 
 echo "== 4. clip shares (read against the bundled model's)"
-$PY tools/clip_shares.py --regions tools/clip_regions.yaml "$BUNDLED" "$CANDIDATE" "$RUN/last.keras" \
+$PY tools/clip_shares.py --regions tools/clip_regions.yaml "$BUNDLED" "$CANDIDATE" "$MODEL" \
   | tee "$OUT/clip_shares.md"
 
 echo "== 5. side-by-side pictures"

@@ -1,0 +1,113 @@
+"""Put a model's convolution kernels on the int8 grid the TFLite converter will give them.
+
+The converter quantises each convolution's weights per output channel, symmetric, to the integers
+-127..127 times ``max |w| / 127`` of that channel (after folding BatchNorm into the kernel; the fold
+scales each output channel by one factor, so the grid of the folded kernel is the grid of the
+kernel scaled alike, and a snapped kernel stays exactly representable). A model whose kernels
+already lie on that grid loses nothing to weight quantisation: its int8 export differs from it only
+in the activations. That makes the Keras model the faithful reference of the int8 one (the
+converter's agreement check then measures activation rounding alone), at the cost of the weights'
+rounding, which the Keras figures of the snapped model include.
+
+    python -m train snap-weights runs/camvid_lite/last.keras    # -> runs/camvid_lite/last_w8.keras
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from edgeseg.atomic import atomic_path
+from edgeseg.errors import UsageError
+
+LEVELS = 127  # symmetric int8 weights: -127..127 (TFLite never uses -128 for weights)
+
+
+class SnapError(UsageError, ValueError):
+    """Bad input to `snap-weights`; the message says how to fix it."""
+
+
+def channel_axes(layer: keras.layers.Layer) -> tuple[int, ...]:
+    """The kernel axes one quantisation scale spans: all but the output-channel axis. A depthwise
+    kernel (h, w, in, multiplier) has one output channel per (in, multiplier) pair."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return (0, 1)
+    return tuple(range(len(layer.kernel.shape) - 1))
+
+
+def snap_kernel(kernel: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """`kernel` rounded to its per-output-channel symmetric int8 grid (a channel of zeros stays zeros)."""
+    peak = np.abs(kernel).max(axis=axes, keepdims=True)
+    step = np.where(peak > 0, peak / LEVELS, 1.0)
+    return (np.round(kernel / step) * step).astype(kernel.dtype)
+
+
+def snap_weights(model: keras.Model) -> dict:
+    """Snap every Conv/DepthwiseConv kernel of `model` in place (nested models included); returns
+    how many kernels and weights it touched and the largest change relative to its channel's peak."""
+    kernels = weights = 0
+    worst = 0.0
+    for layer in _conv_layers(model):
+        kernel = np.asarray(layer.kernel)
+        axes = channel_axes(layer)
+        snapped = snap_kernel(kernel, axes)
+        peak = np.abs(kernel).max(axis=axes, keepdims=True)
+        worst = max(worst, float(np.max(np.abs(snapped - kernel) / np.where(peak > 0, peak, 1.0))))
+        layer.kernel.assign(snapped)
+        kernels += 1
+        weights += kernel.size
+    return {"kernels": kernels, "weights": weights, "max_change_of_peak": worst}
+
+
+def _conv_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _conv_layers(layer)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            yield layer
+
+
+def default_output(source: Path) -> Path:
+    return source.with_name(f"{source.stem}_w8{source.suffix}")
+
+
+def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
+    """Load `source` (.keras), snap it and save it to `output` (default ``<stem>_w8.keras`` beside
+    it), atomically; the run's ``labels.json`` goes along when `output` is in another folder.
+
+    Raises:
+        SnapError: missing or unloadable source, output equal to the source, no convolution found.
+        OutputError: the output cannot be written (nothing half-written is left).
+    """
+    from edgeseg.extras import load_keras_model
+
+    source = Path(source)
+    output = Path(output) if output is not None else default_output(source)
+    if not source.is_file():
+        raise SnapError(f"model {source} does not exist; pass a .keras file saved by `python -m train`")
+    if source.suffix != ".keras":
+        raise SnapError(f"{source} is not a .keras model; pass RUN/last.keras from `python -m train`")
+    if output.resolve() == source.resolve():
+        raise SnapError(f"output {output} is the model itself; write the snapped model elsewhere (default"
+                        f" {default_output(source).name}) so the original is kept")
+    if output.suffix != ".keras":
+        raise SnapError(f"output {output} must end in .keras")
+    try:
+        model = load_keras_model(source)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise SnapError(f"{source} could not be loaded as a Keras model ({exc.__class__.__name__});"
+                        " pass a .keras file saved by `python -m train`") from exc
+    stats = snap_weights(model)
+    if not stats["kernels"]:
+        raise SnapError(f"{source} has no Conv2D or DepthwiseConv2D layer; nothing to snap")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as temp:  # OutputError (full disk, read-only folder); nothing half-written kept
+        model.save(temp)
+    labels = source.parent / "labels.json"
+    if labels.is_file() and output.parent.resolve() != source.parent.resolve():
+        with atomic_path(output.parent / "labels.json") as temp:
+            shutil.copyfile(labels, temp)
+    return output, stats
