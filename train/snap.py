@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from edgeseg.atomic import atomic_path
+from edgeseg.atomic import atomic_path, output_error
 from edgeseg.errors import UsageError
 
 LEVELS = 127  # symmetric int8 weights: -127..127 (TFLite never uses -128 for weights)
@@ -46,8 +46,9 @@ def snap_kernel(kernel: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 
 def snap_weights(model: keras.Model) -> dict:
-    """Snap every Conv/DepthwiseConv kernel of `model` in place (nested models included); returns
-    how many kernels and weights it touched and the largest change relative to its channel's peak."""
+    """Snap every Conv2D/DepthwiseConv2D kernel of `model` in place (nested models included; other
+    kernels, e.g. transposed convolutions, are left as they are); returns how many kernels and weights
+    it touched and the largest change relative to its channel's peak."""
     kernels = weights = 0
     worst = 0.0
     for layer in _conv_layers(model):
@@ -94,7 +95,7 @@ def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
         raise SnapError(f"output {output} is the model itself; write the snapped model elsewhere (default"
                         f" {default_output(source).name}) so the original is kept")
     if output.suffix != ".keras":
-        raise SnapError(f"output {output} must end in .keras")
+        raise SnapError(f"output {output} is not a .keras file; name it {output.with_suffix('.keras').name}")
     try:
         model = load_keras_model(source)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
@@ -103,7 +104,10 @@ def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
     stats = snap_weights(model)
     if not stats["kernels"]:
         raise SnapError(f"{source} has no Conv2D or DepthwiseConv2D layer; nothing to snap")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(output, exc) from exc
     with atomic_path(output) as temp:  # OutputError (full disk, read-only folder); nothing half-written kept
         model.save(temp)
     labels = source.parent / "labels.json"
