@@ -38,11 +38,10 @@ def channel_axes(layer: keras.layers.Layer) -> tuple[int, ...]:
     return tuple(range(len(layer.kernel.shape) - 1))
 
 
-def snap_kernel(kernel: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """`kernel` rounded to its per-output-channel symmetric int8 grid (a channel of zeros stays zeros)."""
+def grid_step(kernel: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The int8 step of each output channel, ``max |w| / 127`` (1 for a channel of zeros, which stays zeros)."""
     peak = np.abs(kernel).max(axis=axes, keepdims=True)
-    step = np.where(peak > 0, peak / LEVELS, 1.0)
-    return (np.round(kernel / step) * step).astype(kernel.dtype)
+    return np.where(peak > 0, peak / LEVELS, 1.0)
 
 
 def snap_weights(model: keras.Model) -> dict:
@@ -53,11 +52,10 @@ def snap_weights(model: keras.Model) -> dict:
     worst = 0.0
     for layer in _conv_layers(model):
         kernel = np.asarray(layer.kernel)
-        axes = channel_axes(layer)
-        snapped = snap_kernel(kernel, axes)
-        peak = np.abs(kernel).max(axis=axes, keepdims=True)
-        worst = max(worst, float(np.max(np.abs(snapped - kernel) / np.where(peak > 0, peak, 1.0))))
-        layer.kernel.assign(snapped)
+        step = grid_step(kernel, channel_axes(layer))
+        levels = kernel / step
+        worst = max(worst, float(np.abs(np.round(levels) - levels).max()) / LEVELS)  # steps -> share of the peak
+        layer.kernel.assign((np.round(levels) * step).astype(kernel.dtype))
         kernels += 1
         weights += kernel.size
     return {"kernels": kernels, "weights": weights, "max_change_of_peak": worst}
@@ -83,7 +81,7 @@ def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
         SnapError: missing or unloadable source, output equal to the source, no convolution found.
         OutputError: the output cannot be written (nothing half-written is left).
     """
-    from edgeseg.extras import load_keras_model
+    from .run import load_saved
 
     source = Path(source)
     output = Path(output) if output is not None else default_output(source)
@@ -97,10 +95,9 @@ def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
     if output.suffix != ".keras":
         raise SnapError(f"output {output} is not a .keras file; name it {output.with_suffix('.keras').name}")
     try:
-        model = load_keras_model(source)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
-        raise SnapError(f"{source} could not be loaded as a Keras model ({exc.__class__.__name__});"
-                        " pass a .keras file saved by `python -m train`") from exc
+        model = load_saved(source, "snap-weights", "pass a .keras file saved by `python -m train`")
+    except ValueError as exc:  # an unreadable archive
+        raise SnapError(str(exc)) from exc
     stats = snap_weights(model)
     if not stats["kernels"]:
         raise SnapError(f"{source} has no Conv2D or DepthwiseConv2D layer; nothing to snap")
