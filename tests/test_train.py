@@ -853,3 +853,71 @@ def test_snap_weights_refuses_bad_paths_in_one_line(tiny_run, tmp_path):
         assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], result.stderr[-1500:]
         assert "Traceback" not in result.stderr
     assert not list(tiny_run.glob(".*partial*"))
+
+
+def test_average_builds_one_flat_graph_whose_output_is_the_members_mean(tiny_run, tmp_path, camvid):
+    """`python -m train average`: the mean of two real models' logits on real frames, as one flat graph
+    (no nested models), whose int8 Edge TPU export maps every op; a nested average would not."""
+    import keras
+
+    from conftest import TINY_HW
+    from convert.calibration import calibration_images, representative_dataset
+    from convert.export import convert, ops_outside_edgetpu
+    from convert.source import load_source
+    from edgeseg.extras import load_keras_model
+    from edgeseg.preprocess import InputSpec
+    from train.ensemble import average_models
+
+    members = [tiny_run / "snapshots" / "epoch_005.keras", tiny_run / "last.keras"]
+    out = tmp_path / "pair" / "last.keras"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "train", "average", *map(str, members), "-o", str(out)],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "mean of 2 models" in result.stdout
+    assert (out.parent / "labels.json").read_text() == (tiny_run / "labels.json").read_text()
+    averaged = load_keras_model(out)
+    assert not [layer for layer in averaged.layers if isinstance(layer, keras.Model)]
+    calib = calibration_images(camvid, "validation", 4, 0, set())
+    frames = np.stack([batch[0][0] for batch in representative_dataset(calib, InputSpec(*TINY_HW), progress=False)])
+    outputs = [np.asarray(load_keras_model(path)(frames, training=False)) for path in members]
+    np.testing.assert_allclose(np.asarray(averaged(frames, training=False)), np.mean(outputs, axis=0), atol=1e-5)
+    assert np.mean(outputs[0].argmax(-1) != outputs[1].argmax(-1)) > 0.01  # two different members, not one twice
+
+    def representative():
+        return representative_dataset(calib, InputSpec(*TINY_HW), progress=False)
+
+    flat = convert(load_source(out), "int8", io_type="uint8", representative=representative, edgetpu=True)
+    assert ops_outside_edgetpu(flat) == {}
+    image = keras.Input(shape=averaged.input_shape[1:])
+    loaded = [load_keras_model(path) for path in members]
+    wrapped = [keras.Model(member.inputs, member.outputs[0], name=f"member{i}") for i, member in enumerate(loaded)]
+    nested = keras.Model(image, keras.layers.Average()([member(image) for member in wrapped]))
+    nested_path = tmp_path / "nested.keras"
+    nested.save(nested_path)
+    nested_int8 = convert(load_source(nested_path), "int8", io_type="uint8", representative=representative, edgetpu=True)
+    assert {"TILE", "SHAPE"} <= set(ops_outside_edgetpu(nested_int8))  # why the members are flattened
+    with pytest.raises(ValueError, match="at least two"):
+        average_models(loaded[:1])
+
+
+def test_average_refuses_models_that_do_not_fit_together_in_one_line(tiny_run, tmp_path):
+    from conftest import TINY_HW
+    from train.models import build_model
+
+    other = tmp_path / "other" / "last.keras"
+    other.parent.mkdir()
+    build_model("unet-lite", TINY_HW[0] * 2, TINY_HW[1] * 2, 12, width_multiplier=0.5).save(other)
+    last = str(tiny_run / "last.keras")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args, fragment in (([last, str(other), "-o", str(tmp_path / "o" / "last.keras")], "one input size"),
+                           ([last, str(tmp_path / "missing.keras"), "-o", str(tmp_path / "o" / "last.keras")],
+                            "not found"),
+                           ([last, str(tiny_run / "best.keras"), "-o", last], "is one of the models"),
+                           ([last, str(tiny_run / "best.keras"), "-o", str(tmp_path / "o.h5")], "not a .keras file")):
+        result = subprocess.run([sys.executable, "-m", "train", "average", *args], cwd=REPO, env=env,
+                                capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], result.stderr[-1500:]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()

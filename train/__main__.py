@@ -3,6 +3,7 @@
     python -m train --config configs/camvid_lite.yaml
     python -m train --config configs/ade20k_unet.yaml --data-dir data/ADEChallengeData2016
     python -m train download --dest data/          # ADEChallengeData2016.zip, sha1-checked
+    python -m train average runs/a/last.keras runs/b/last.keras -o runs/ab/last.keras   # one graph, mean logits
     python -m train snap-weights runs/camvid_lite/last.keras   # int8-grid kernels -> last_w8.keras
 """
 
@@ -200,6 +201,24 @@ def snap_weights(
         fail(str(exc))
     typer.echo(f"{path}: {stats['kernels']} kernels ({stats['weights']:,} weights) on the per-channel int8 grid;"
                f" largest change {100 * stats['max_change_of_peak']:.2f} % of its channel's peak")
+
+
+@app.command()
+def average(
+    models: list[Path] = typer.Argument(..., help="Two or more .keras models of one dataset and input size"
+                                        " (e.g. runs/A/last.keras runs/B/last.keras)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The averaged model (.keras; labels.json goes beside it)."),
+) -> None:
+    """Average trained models into one flat graph (the mean of their logits): one file to convert and
+    run, more accurate on unseen frames than each member, at the members' summed cost."""
+    with native_output_hidden():  # TensorFlow's start-up log lines
+        from .ensemble import EnsembleError, average_files  # heavy: imports TensorFlow
+
+    try:
+        path, model = average_files(models, output)
+    except (EnsembleError, EdgesegError) as exc:
+        fail(str(exc))
+    typer.echo(f"{path}: the mean of {len(models)} models' logits, {model.count_params():,} parameters in one graph")
 
 
 if __name__ == "__main__":
