@@ -22,19 +22,34 @@ test: setup                     ## the whole suite (slow cases included), as CI 
 test-fast: setup                ## skip the slow cases
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bundle: setup                   ## retrain and re-export the bundled model (one run from scratch, about 1 h on 2 cores)
-	$(BIN)/python -m train --config configs/camvid_lite.yaml
-	$(BIN)/python -m convert --model runs/camvid_lite/last.keras --quantize all --name camvid_lite \
+bundle: setup                   ## retrain and re-export the bundled model (two runs from scratch, about 2 h on 2 cores)
+	$(BIN)/python -m train --config configs/camvid_lite.yaml          # seed 7 -> runs/camvid_lite/last.keras
+	$(BIN)/python -m train --config configs/camvid_lite_seed8.yaml    # seed 8 -> runs/camvid_lite_seed8/last.keras
+	$(BIN)/python -m train average runs/camvid_lite/last.keras runs/camvid_lite_seed8/last.keras \
+	  -o runs/camvid_lite_pair/last.keras                              # one graph, the mean of the two's logits
+	$(BIN)/python -m train snap-weights runs/camvid_lite_pair/last.keras   # -> last_w8.keras, int8-grid kernels
+	$(BIN)/python -m convert --model runs/camvid_lite_pair/last_w8.keras --quantize all --name camvid_lite \
 	  --calib-data ../shared/data/camvid --calib-split training \
 	  --eval-data ../shared/data/camvid --eval-split validation --min-agreement 0.98 \
 	  --check-video ../shared/data/video/vtest.avi --check-video ../shared/data/video/car-detection.mp4 \
 	  --check-video edgeseg/assets/solidWhiteRight.mp4 --output models
-	cp runs/camvid_lite/last.keras models/camvid_lite.keras
+	$(BIN)/python -m train snap-weights runs/camvid_lite/last.keras   # the first network alone: camvid_lite_fast
+	$(BIN)/python -m convert --model runs/camvid_lite/last_w8.keras --quantize int8 --name camvid_lite_fast \
+	  --calib-data ../shared/data/camvid --calib-split training \
+	  --eval-data ../shared/data/camvid --eval-split validation --min-agreement 0.98 \
+	  --check-video ../shared/data/video/vtest.avi --check-video ../shared/data/video/car-detection.mp4 \
+	  --check-video edgeseg/assets/solidWhiteRight.mp4 --output models
+	cp runs/camvid_lite_pair/last_w8.keras models/camvid_lite.keras
 	cp runs/camvid_lite/history.csv models/camvid_lite_history.csv
 	cp runs/camvid_lite/training_curves.png models/camvid_lite_training_curves.png
+	cp runs/camvid_lite_seed8/history.csv models/camvid_lite_seed8_history.csv
+	cp runs/camvid_lite_seed8/training_curves.png models/camvid_lite_seed8_training_curves.png
 	cp configs/camvid_lite.yaml models/camvid_lite_config.yaml
+	cp configs/camvid_lite_seed8.yaml models/camvid_lite_seed8_config.yaml
 	mv models/camvid_lite_int8.tflite edgeseg/assets/camvid_lite_int8.tflite   # shipped in the wheel
 	ln -sf ../edgeseg/assets/camvid_lite_int8.tflite models/camvid_lite_int8.tflite
+	mv models/camvid_lite_fast_int8.tflite edgeseg/assets/camvid_lite_fast_int8.tflite
+	ln -sf ../edgeseg/assets/camvid_lite_fast_int8.tflite models/camvid_lite_fast_int8.tflite
 
 lodo: setup                     ## the leave-one-drive-out runs that chose the bundled recipe (configs/lodo/README.md)
 	for config in $$(ls configs/lodo/*.yaml | grep -v /distill) configs/lodo/distill*.yaml; do \
@@ -52,7 +67,8 @@ DEVICE ?= $(shell hostname)
 
 benchmark: setup                ## latency of the bundled and (after `make seed`) seed models -> benchmarks/results/<DEVICE>.jsonl
 	$(BIN)/python -m benchmarks --device-name "$(DEVICE)" \
-	  --model models/camvid_lite_int8.tflite --model models/camvid_lite_float16.tflite \
+	  --model models/camvid_lite_int8.tflite --model models/camvid_lite_fast_int8.tflite \
+	  --model models/camvid_lite_float16.tflite \
 	  $(if $(wildcard $(SEED)/export/camvid_unet_seed_bn_int8*.tflite),\
 	  --model $(firstword $(wildcard $(SEED)/export/camvid_unet_seed_bn_int8*.tflite)) \
 	  --model $(SEED)/export/camvid_unet_seed_bn_float32.tflite \

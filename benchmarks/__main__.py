@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from edgeseg.bundled import BUNDLED_MODELS, resolve_model  # noqa: E402
 from edgeseg.cliapp import make_app, run_app  # noqa: E402
 from edgeseg.errors import EdgesegError, fail  # noqa: E402
 
@@ -49,7 +50,8 @@ def parse_threads(given: list[str] | str) -> list[int]:
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
-    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="TFLite model (repeat for several)."),
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="TFLite model (repeat for several), or a"
+                                               " bundled model's name: camvid_lite, camvid_lite_fast."),
     threads: list[str] = typer.Option(["1", "2"], "--threads", "-t", help="Inference thread counts: repeat"
                                       " (--threads 1 --threads 2) or separate with commas (--threads 1,2)."),
     runs: int = typer.Option(200, "--runs", help="Timed runs per model and thread count."),
@@ -71,6 +73,7 @@ def main(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    model = [resolve_model(path) for path in model or []]
     thread_counts = check_options(model, threads, runs, warmup, keras_model, sustain, video)
     out = results_dir or default_results_dir()
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():  # --json: stdout = JSON
@@ -126,7 +129,8 @@ def check_options(model, threads: list[str], runs: int, warmup: int, keras_model
         fail(f"--runs must be at least 1 and --warmup at least 0 (got {runs} and {warmup})")
     for path in model:
         if not path.is_file():
-            fail(f"model {path} does not exist; pass the path of a .tflite file")
+            fail(f"model {path} does not exist; pass the path of a .tflite file or a bundled model's name"
+                 f" ({', '.join(BUNDLED_MODELS)})")
     for path in keras_model or []:
         if not path.exists():
             fail(f"Keras model {path} does not exist; pass RUN/best.keras or drop --keras")

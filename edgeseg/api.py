@@ -84,7 +84,8 @@ class Model:
 
 def load(model: str | Path | None = None, threads: int | None = None, device: str = "auto",
          tta: bool = False) -> Model:
-    """Load a .tflite (labels and input spec come from inside it); no argument: the bundled model.
+    """Load a .tflite (labels and input spec come from inside it); no argument: the bundled model
+    (``"camvid_lite_fast"``: the faster bundled one).
     ``tta=True`` also segments each mirrored frame and averages the two (half the rate, a little
     more accurate on unseen streets)."""
     return Model(model, threads, device, tta)

@@ -41,8 +41,8 @@ def _error(message: str) -> None:
 
 
 ModelOpt = typer.Option(BUNDLED_MODEL, "--model", "-m", show_default=False,
-                        help="TFLite model (.tflite; default: the bundled CamVid model); *_edgetpu.tflite runs on"
-                        " the Edge TPU.")
+                        help="TFLite model (.tflite; default: the bundled CamVid model, camvid_lite;"
+                        " camvid_lite_fast: its faster half); *_edgetpu.tflite runs on the Edge TPU.")
 ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="CPU threads for inference (default: runtime's choice).")
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto, cpu or edgetpu.")
 TtaOpt = typer.Option(False, "--tta", help="Also segment the mirrored frame and average the two (test-time"
@@ -387,7 +387,8 @@ def evaluate_command(
 
 @app.command()
 @reports_errors
-def info(model: Path = typer.Argument(..., help="TFLite model."),
+def info(model: Path = typer.Argument(..., help="TFLite model, or a bundled model's name (camvid_lite,"
+                                      " camvid_lite_fast)."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Input/output spec, quantisation, labels, size and embedded metadata of a model."""
     segmenter = _segmenter(model, None, Device.cpu)

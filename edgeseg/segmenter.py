@@ -8,7 +8,7 @@ Labels and the input spec come from the metadata embedded by `convert`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Callable
@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edgeseg.backend import Runtime, make_interpreter
+from edgeseg.bundled import BUNDLED_MODELS, resolve_model
 from edgeseg.errors import ModelError
 from edgeseg.labels import ADE20K, LabelSet, builtin_for
 from edgeseg.metadata import MetadataError, ModelMetadata, read_metadata
@@ -41,7 +42,8 @@ class SegmenterOptions:
     """How to run a model.
 
     Attributes:
-        model: path of the .tflite file.
+        model: path of the .tflite file, or the name of a bundled model (``camvid_lite``,
+            ``camvid_lite_fast``: `edgeseg.bundled.BUNDLED_MODELS`).
         threads: CPU threads (None = runtime default).
         device: ``auto`` (Edge TPU for ``*_edgetpu.tflite``), ``cpu`` or ``edgetpu``.
         tta: test-time augmentation: also run the mirrored frame and average the two outputs
@@ -102,7 +104,8 @@ def read_model_bytes(path: Path) -> bytes:
     """Read a .tflite file, rejecting missing, empty and non-TFLite files with a clear message."""
     path = Path(path)
     if not path.exists():
-        raise ModelError(f"model {path} does not exist; pass the path of a .tflite file (see `python -m convert`)")
+        raise ModelError(f"model {path} does not exist; pass the path of a .tflite file (see `python -m convert`)"
+                         f" or a bundled model's name ({', '.join(BUNDLED_MODELS)})")
     if path.is_dir():
         raise ModelError(f"model {path} is a folder; pass a .tflite file")
     try:
@@ -135,6 +138,7 @@ class Segmenter:
     def __init__(self, options: SegmenterOptions, runtime: Runtime | None = None) -> None:
         if options.device not in DEVICES:
             raise ModelError(f"device {options.device!r} unknown; use one of {', '.join(DEVICES)}")
+        options = replace(options, model=resolve_model(options.model))
         self.options = options
         content = read_model_bytes(options.model)
         edgetpu = options.device == "edgetpu" or (options.device == "auto" and options.model.name.endswith("_edgetpu.tflite"))

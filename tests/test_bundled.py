@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,6 +29,34 @@ def test_bundled_model_is_small_and_carries_its_metadata():
     assert seg.info.input.dtype == "int8"
 
 
+def test_the_fast_model_is_one_half_of_the_bundled_pair_and_loads_by_name(street_frames):
+    """`--model camvid_lite_fast`: one of the two networks the bundled model averages, so half its
+    convolutions; on real street frames it mostly picks the same classes, and it is not the same model."""
+    from edgeseg.backend import op_details
+    from edgeseg.bundled import BUNDLED_MODEL, FAST_MODEL
+    from edgeseg.errors import ModelError
+    from edgeseg.segmenter import Segmenter, SegmenterOptions
+
+    pair, fast = (Segmenter(SegmenterOptions(Path(name))) for name in ("camvid_lite", "camvid_lite_fast"))
+    assert (pair.info.path, fast.info.path) == (str(BUNDLED_MODEL), str(FAST_MODEL))
+    assert fast.labels.names == pair.labels.names and (fast.spec.height, fast.spec.width) == (256, 320)
+    assert FAST_MODEL.stat().st_size < 0.6 * BUNDLED_MODEL.stat().st_size
+
+    def convolutions(segmenter):
+        return sum(op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D") for op in op_details(segmenter.interpreter))
+
+    assert convolutions(pair) == 2 * convolutions(fast) > 20
+    agree = np.mean([np.mean(pair.segment(frame) == fast.segment(frame)) for frame in street_frames])
+    assert 0.8 < agree < 0.999, agree
+    with pytest.raises(ModelError, match="camvid_lite_fast"):
+        Segmenter(SegmenterOptions(Path("camvid_lite_fastest")))
+    import edgeseg
+
+    assert edgeseg.load("camvid_lite_fast").segmenter.info.path == str(FAST_MODEL)
+    shown = CliRunner().invoke(app, ["info", "camvid_lite_fast"])
+    assert shown.exit_code == 0 and str(FAST_MODEL) in shown.stdout, shown.output
+
+
 @pytest.mark.slow
 def test_bundled_model_reaches_its_stated_miou_without_tensorflow():
     code = (
@@ -47,6 +76,9 @@ def test_bundled_model_reaches_its_stated_miou_without_tensorflow():
     assert plain["images"] == mirrored["images"] == 101 and mirrored["tta"]
     assert abs(plain["miou"] - CARD["int8"]["val_miou"]) <= 0.005, (plain["miou"], CARD)
     assert abs(mirrored["miou"] - CARD["int8_tta"]["val_miou"]) <= 0.005, (mirrored["miou"], CARD)
+    fast = CliRunner().invoke(app, ["eval", "-m", "camvid_lite_fast", "-d", str(shared("camvid")), "--json"])
+    assert fast.exit_code == 0, fast.output
+    assert abs(json.loads(fast.stdout)["miou"] - CARD["fast"]["int8"]["val_miou"]) <= 0.005, (fast.stdout, CARD)
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ def test_the_wheel_holds_only_edgeseg_and_demos_by_itself(tmp_path):
     wheel = next((tmp_path / "dist").glob("edgeseg-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"edgeseg", wheel.name.split("-py3")[0] + ".dist-info"}
-    for shipped in ("edgeseg/assets/camvid_lite_int8.tflite", "edgeseg/assets/solidWhiteRight.mp4",
+    for shipped in ("edgeseg/assets/camvid_lite_int8.tflite", "edgeseg/assets/camvid_lite_fast_int8.tflite",
+                    "edgeseg/assets/solidWhiteRight.mp4",
                     "edgeseg/assets/solidWhiteRight.LICENSE", "edgeseg/benchmarks/probes/conv3x3_int8.tflite",
                     "edgeseg/train/__main__.py", "edgeseg/convert/__main__.py", "edgeseg/benchmarks/__main__.py"):
         assert shipped in names, shipped

@@ -29,7 +29,7 @@ EDGESEG=${EDGESEG:-.venv/bin/edgeseg}
 OUT=runs/gates/$LABEL
 CONVERT_OUT=${CONVERT_OUT:-$OUT}
 CANDIDATE=$CONVERT_OUT/${LABEL}_int8.tflite
-BUNDLED=edgeseg/assets/camvid_lite_int8.tflite
+BUNDLED=${BUNDLED:-edgeseg/assets/camvid_lite_int8.tflite}   # BUNDLED=old.tflite: compare against another model
 SHARED=../shared/data
 mkdir -p "$OUT"
 MODEL=${MODEL:-$RUN/last.keras}
