@@ -14,12 +14,10 @@ static upsampling of the Edge TPU export, the float32 copy of mixed-precision mo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import keras
 
-from edgeseg.atomic import atomic_path, output_error
 from edgeseg.errors import UsageError
 
 
@@ -68,7 +66,7 @@ def average_files(sources: list[Path], output: Path) -> tuple[Path, keras.Model]
             differ, an output that would overwrite a member.
         OutputError: the output cannot be written (nothing half-written is left).
     """
-    from .run import load_saved
+    from .run import load_saved, save_derived
 
     sources = [Path(source) for source in sources]
     output = Path(output)
@@ -90,13 +88,5 @@ def average_files(sources: list[Path], output: Path) -> tuple[Path, keras.Model]
         raise EnsembleError(f"the models' labels differ ({', '.join(map(str, found))}); average models trained on"
                             " the same dataset")
     model = average_models(members, name=output.parent.name or "average")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise output_error(output, exc) from exc
-    with atomic_path(output) as temp:  # OutputError (full disk, read-only folder); nothing half-written kept
-        model.save(temp)
-    if found and (output.parent / "labels.json").resolve() != found[0].resolve():
-        with atomic_path(output.parent / "labels.json") as temp:
-            shutil.copyfile(found[0], temp)
+    save_derived(model, output, found[0] if found else None)
     return output, model

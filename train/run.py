@@ -89,6 +89,26 @@ def load_saved(path: Path, role: str, fix: str) -> keras.Model:
                          " pass a .keras file saved by `python -m train`") from exc
 
 
+def save_derived(model: keras.Model, output: Path, labels: Path | None) -> None:
+    """Save a model made from saved ones (snapped, averaged) to `output` atomically, with the source
+    run's `labels` file copied beside it when `output` is in another folder.
+
+    Raises:
+        OutputError: the folder or a file cannot be written (nothing half-written is left).
+    """
+    import shutil
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise atomic.output_error(output, exc) from exc
+    with atomic.atomic_path(output) as temp:  # full disk, read-only folder
+        model.save(temp)
+    if labels is not None and labels.is_file() and (output.parent / "labels.json").resolve() != labels.resolve():
+        with atomic.atomic_path(output.parent / "labels.json") as temp:
+            shutil.copyfile(labels, temp)
+
+
 def init_weights(model: keras.Model, source: Path) -> None:
     """Copy the weights of the saved model `source` into `model` (same architecture and shapes).
 

@@ -14,13 +14,11 @@ rounding, which the Keras figures of the snapped model include.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from edgeseg.atomic import atomic_path, output_error
 from edgeseg.errors import UsageError
 
 LEVELS = 127  # symmetric int8 weights: -127..127 (TFLite never uses -128 for weights)
@@ -81,7 +79,7 @@ def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
         SnapError: missing or unloadable source, output equal to the source, no convolution found.
         OutputError: the output cannot be written (nothing half-written is left).
     """
-    from .run import load_saved
+    from .run import load_saved, save_derived
 
     source = Path(source)
     output = Path(output) if output is not None else default_output(source)
@@ -101,14 +99,5 @@ def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
     stats = snap_weights(model)
     if not stats["kernels"]:
         raise SnapError(f"{source} has no Conv2D or DepthwiseConv2D layer; nothing to snap")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise output_error(output, exc) from exc
-    with atomic_path(output) as temp:  # OutputError (full disk, read-only folder); nothing half-written kept
-        model.save(temp)
-    labels = source.parent / "labels.json"
-    if labels.is_file() and output.parent.resolve() != source.parent.resolve():
-        with atomic_path(output.parent / "labels.json") as temp:
-            shutil.copyfile(labels, temp)
+    save_derived(model, output, source.parent / "labels.json")
     return output, stats
