@@ -169,11 +169,16 @@ def test_lodo_ensemble_tool_scores_members_and_their_mean_on_a_drive():
     """The same model twice: its mean softmax picks the same classes, so the ensemble's mIoU is the member's."""
     model = MODELS / "camvid_lite.keras"
     done = subprocess.run([sys.executable, str(REPO / "tools" / "lodo_ensemble.py"), "--data", str(shared("camvid")),
-                           "--drive", "0006R0_f009", "--drive", "0006R0_f010", "--tta", str(model), str(model)],
+                           "--drive", "0006R0_f009", "--drive", "0006R0_f010", "--tta", "--per-class", str(model),
+                           str(model)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("6 frames of 0006R0_f009, 0006R0_f010"), lines[0]
+    assert lines[4] == "per-class IoU:" and len(lines) == 8, lines
+    per_class = [line.split(": ", 1)[1] for line in lines[5:]]  # member, member, mean: the same model thrice
+    assert per_class[0] == per_class[1] == per_class[2] and per_class[0].startswith("sky "), per_class
+    lines = lines[:4]
     scores = [float(line.split()[0]) for line in lines[1:]]
     assert len(scores) == 3 and scores[0] == scores[1] == scores[2]
     assert 0.3 < scores[0] < 1.0  # trained on these frames: well above chance (1/11)

@@ -5,11 +5,13 @@
 
     python tools/lodo_ensemble.py --drive 0006R0 --tta runs/lodo/robust320_hold_0006R0/last.keras
 
+    python tools/lodo_ensemble.py --drive 0006R0 --per-class runs/lodo/pair_e120_hold_0006R0/last.keras
+
 How much an ensemble of leave-one-drive-out models gains over its members on the drive none of them
 saw is the most a distilled single model could gain (configs/lodo/README.md). Each model sees the
 frame through the shared preprocessing at its own input size; probabilities are averaged at the
 first model's output size; every class map is scored like `edgeseg eval` (resized NEAREST to the
-full annotation, label 0 ignored). ``--tta`` also scores each model as `edgeseg --tta` runs it: its
+full annotation, label 0 ignored); ``--per-class`` adds each one's IoU per class. ``--tta`` also scores each model as `edgeseg --tta` runs it: its
 output averaged with that of the mirrored frame, mirrored back.
 """
 
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drive", action="append", required=True, help="file-name prefix of the held-out frames")
     parser.add_argument("--splits", default="training+validation")
     parser.add_argument("--tta", action="store_true", help="also score each model with mirrored-frame averaging")
+    parser.add_argument("--per-class", action="store_true", help="also print each model's (and the mean's) IoU per class")
     args = parser.parse_args(argv)
     for path in args.models:
         if not path.is_file():
@@ -76,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
               + (f"   with --tta {mirrored_tally.accuracy().miou:.4f}" if args.tta else ""))
     if len(models) > 1:
         print(f"  {together.accuracy().miou:.4f}  mean of the {len(models)} softmax outputs")
+    if args.per_class:
+        rows = [(path.parent.name or str(path), tally) for path, tally in zip(args.models, tallies)]
+        if len(models) > 1:
+            rows.append(("mean", together))
+        print("per-class IoU:")
+        for name, tally in rows:
+            per_class = tally.accuracy().to_dict(labels.names)["per_class"]
+            print(f"  {name}: " + ", ".join(f"{label} {iou:.2f}" for label, iou in per_class.items()))
     return 0
 
 
