@@ -11,8 +11,10 @@ How much an ensemble of leave-one-drive-out models gains over its members on the
 saw is the most a distilled single model could gain (configs/lodo/README.md). Each model sees the
 frame through the shared preprocessing at its own input size; probabilities are averaged at the
 first model's output size; every class map is scored like `edgeseg eval` (resized NEAREST to the
-full annotation, label 0 ignored); ``--per-class`` adds each one's IoU per class. ``--tta`` also scores each model as `edgeseg --tta` runs it: its
-output averaged with that of the mirrored frame, mirrored back.
+full annotation, label 0 ignored); ``--per-class`` adds each one's IoU per class. ``--tta`` also
+scores each model as `edgeseg --tta` runs it: its output averaged with that of the mirrored frame,
+mirrored back. To score a one-graph average (`python -m train average`, the mean of logits, as the
+bundled model computes it), pass the averaged model itself.
 """
 
 from __future__ import annotations
