@@ -908,9 +908,14 @@ def test_average_refuses_models_that_do_not_fit_together_in_one_line(tiny_run, t
     other = tmp_path / "other" / "last.keras"
     other.parent.mkdir()
     build_model("unet-lite", TINY_HW[0] * 2, TINY_HW[1] * 2, 12, width_multiplier=0.5).save(other)
+    broken = tmp_path / "broken" / "last.keras"  # a run whose labels.json was cut short
+    broken.parent.mkdir()
+    broken.write_bytes((tiny_run / "last.keras").read_bytes())
+    (broken.parent / "labels.json").write_text('{"name": "camvid", "names": ["unlab')
     last = str(tiny_run / "last.keras")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for args, fragment in (([last, str(other), "-o", str(tmp_path / "o" / "last.keras")], "one input size"),
+                           ([last, str(broken), "-o", str(tmp_path / "o" / "last.keras")], "cannot be read as JSON"),
                            ([last, str(tmp_path / "missing.keras"), "-o", str(tmp_path / "o" / "last.keras")],
                             "not found"),
                            ([last, str(tiny_run / "best.keras"), "-o", last], "is one of the models"),

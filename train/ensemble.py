@@ -83,7 +83,13 @@ def average_files(sources: list[Path], output: Path) -> tuple[Path, keras.Model]
             raise EnsembleError(str(exc)) from exc
     label_files = [source.parent / "labels.json" for source in sources]
     found = [path for path in label_files if path.is_file()]
-    texts = {json.dumps(json.loads(path.read_text()), sort_keys=True) for path in found}
+    texts = set()
+    for path in found:
+        try:
+            texts.add(json.dumps(json.loads(path.read_text()), sort_keys=True))
+        except (OSError, ValueError) as exc:
+            raise EnsembleError(f"{path} cannot be read as JSON ({exc.__class__.__name__}); restore the run's"
+                                " labels.json or remove it") from exc
     if len(texts) > 1:
         raise EnsembleError(f"the models' labels differ ({', '.join(map(str, found))}); average models trained on"
                             " the same dataset")
