@@ -32,6 +32,7 @@ def test_bundled_model_is_small_and_carries_its_metadata():
 def test_the_fast_model_is_one_half_of_the_bundled_pair_and_loads_by_name(street_frames):
     """`--model camvid_lite_fast`: one of the two networks the bundled model averages, so half its
     convolutions; on real street frames it mostly picks the same classes, and it is not the same model."""
+    import edgeseg
     from edgeseg.backend import op_details
     from edgeseg.bundled import BUNDLED_MODEL, FAST_MODEL
     from edgeseg.errors import ModelError
@@ -50,8 +51,6 @@ def test_the_fast_model_is_one_half_of_the_bundled_pair_and_loads_by_name(street
     assert 0.8 < agree < 0.999, agree
     with pytest.raises(ModelError, match="camvid_lite_fast"):
         Segmenter(SegmenterOptions(Path("camvid_lite_fastest")))
-    import edgeseg
-
     assert edgeseg.load("camvid_lite_fast").segmenter.info.path == str(FAST_MODEL)
     shown = CliRunner().invoke(app, ["info", "camvid_lite_fast"])
     assert shown.exit_code == 0 and str(FAST_MODEL) in shown.stdout, shown.output
