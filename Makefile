@@ -22,23 +22,21 @@ test: setup                     ## the whole suite (slow cases included), as CI 
 test-fast: setup                ## skip the slow cases
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Calibration and the agreement gates (val and three clips no model saw) of both bundled exports.
+BUNDLE_CHECKS := --calib-data ../shared/data/camvid --calib-split training \
+  --eval-data ../shared/data/camvid --eval-split validation --min-agreement 0.98 \
+  --check-video ../shared/data/video/vtest.avi --check-video ../shared/data/video/car-detection.mp4 \
+  --check-video edgeseg/assets/solidWhiteRight.mp4 --output models
+
 bundle: setup                   ## retrain and re-export the bundled model (two runs from scratch, about 2 h on 2 cores)
 	$(BIN)/python -m train --config configs/camvid_lite.yaml          # seed 7 -> runs/camvid_lite/last.keras
 	$(BIN)/python -m train --config configs/camvid_lite_seed8.yaml    # seed 8 -> runs/camvid_lite_seed8/last.keras
 	$(BIN)/python -m train average runs/camvid_lite/last.keras runs/camvid_lite_seed8/last.keras \
 	  -o runs/camvid_lite_pair/last.keras                              # one graph, the mean of the two's logits
 	$(BIN)/python -m train snap-weights runs/camvid_lite_pair/last.keras   # -> last_w8.keras, int8-grid kernels
-	$(BIN)/python -m convert --model runs/camvid_lite_pair/last_w8.keras --quantize all --name camvid_lite \
-	  --calib-data ../shared/data/camvid --calib-split training \
-	  --eval-data ../shared/data/camvid --eval-split validation --min-agreement 0.98 \
-	  --check-video ../shared/data/video/vtest.avi --check-video ../shared/data/video/car-detection.mp4 \
-	  --check-video edgeseg/assets/solidWhiteRight.mp4 --output models
+	$(BIN)/python -m convert --model runs/camvid_lite_pair/last_w8.keras --quantize all --name camvid_lite $(BUNDLE_CHECKS)
 	$(BIN)/python -m train snap-weights runs/camvid_lite/last.keras   # the first network alone: camvid_lite_fast
-	$(BIN)/python -m convert --model runs/camvid_lite/last_w8.keras --quantize int8 --name camvid_lite_fast \
-	  --calib-data ../shared/data/camvid --calib-split training \
-	  --eval-data ../shared/data/camvid --eval-split validation --min-agreement 0.98 \
-	  --check-video ../shared/data/video/vtest.avi --check-video ../shared/data/video/car-detection.mp4 \
-	  --check-video edgeseg/assets/solidWhiteRight.mp4 --output models
+	$(BIN)/python -m convert --model runs/camvid_lite/last_w8.keras --quantize int8 --name camvid_lite_fast $(BUNDLE_CHECKS)
 	cp runs/camvid_lite_pair/last_w8.keras models/camvid_lite.keras
 	cp runs/camvid_lite/history.csv models/camvid_lite_history.csv
 	cp runs/camvid_lite/training_curves.png models/camvid_lite_training_curves.png

@@ -915,7 +915,7 @@ def test_average_refuses_models_that_do_not_fit_together_in_one_line(tiny_run, t
     last = str(tiny_run / "last.keras")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for args, fragment in (([last, str(other), "-o", str(tmp_path / "o" / "last.keras")], "one input size"),
-                           ([last, str(broken), "-o", str(tmp_path / "o" / "last.keras")], "cannot be read as JSON"),
+                           ([last, str(broken), "-o", str(tmp_path / "o" / "last.keras")], "cannot be read as a run's labels"),
                            ([last, str(tmp_path / "missing.keras"), "-o", str(tmp_path / "o" / "last.keras")],
                             "not found"),
                            ([last, str(tiny_run / "best.keras"), "-o", last], "is one of the models"),

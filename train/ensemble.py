@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 
 from edgeseg.errors import UsageError
+from edgeseg.labels import LabelSet
 
 
 class EnsembleError(UsageError, ValueError):
@@ -81,16 +82,15 @@ def average_files(sources: list[Path], output: Path) -> tuple[Path, keras.Model]
             members.append(load_saved(source, "member", "pass .keras files saved by `python -m train`"))
         except ValueError as exc:
             raise EnsembleError(str(exc)) from exc
-    label_files = [source.parent / "labels.json" for source in sources]
-    found = [path for path in label_files if path.is_file()]
-    texts = set()
-    for path in found:
+    found = [path for path in (source.parent / "labels.json" for source in sources) if path.is_file()]
+    label_sets = set()
+    for path in found:  # as `convert` reads them (convert.source.labels_for)
         try:
-            texts.add(json.dumps(json.loads(path.read_text()), sort_keys=True))
-        except (OSError, ValueError) as exc:
-            raise EnsembleError(f"{path} cannot be read as JSON ({exc.__class__.__name__}); restore the run's"
-                                " labels.json or remove it") from exc
-    if len(texts) > 1:
+            label_sets.add(LabelSet.from_dict(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EnsembleError(f"{path} cannot be read as a run's labels ({exc.__class__.__name__}); restore the"
+                                " run's labels.json or remove it") from exc
+    if len(label_sets) > 1:
         raise EnsembleError(f"the models' labels differ ({', '.join(map(str, found))}); average models trained on"
                             " the same dataset")
     model = average_models(members, name=output.parent.name or "average")
