@@ -317,6 +317,29 @@ def test_enet_class_weights_follow_the_formula_and_stay_bounded(camvid):
     assert spread < 1 / np.log(1.02)
 
 
+def test_class_weight_power_softens_the_rule_weights(camvid, capsys):
+    from edgeseg.dataset import resolve_labels, select_pairs
+    from train.config import ConfigError, TrainConfig
+    from train.data import class_frequencies, enet_weights
+    from train.run import compute_class_weights
+
+    pairs = select_pairs(camvid, "training", max_examples=40)
+    labels = resolve_labels(camvid)
+    rule = enet_weights(class_frequencies(pairs, labels.num_classes))
+    plain = compute_class_weights(TrainConfig(class_weighting="enet"), pairs, labels)
+    np.testing.assert_allclose(plain, rule, rtol=1e-6)
+    soft = np.array(compute_class_weights(TrainConfig(class_weighting="enet", class_weight_power=0.5), pairs, labels))
+    np.testing.assert_allclose(soft[1:], np.sqrt(rule[1:]), rtol=1e-6)
+    assert soft[0] == 0 and soft[1:].max() / soft[1:].min() < rule[1:].max() / rule[1:].min()
+    flat = compute_class_weights(TrainConfig(class_weighting="enet", class_weight_power=0.0), pairs, labels)
+    assert flat[0] == 0 and set(flat[1:]) == {1.0}
+    assert "class weights:" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="class_weight_power 0.5 has no weights to act on"):
+        TrainConfig(class_weight_power=0.5).validate()
+    with pytest.raises(ConfigError, match="class_weight_power"):
+        TrainConfig(class_weighting="enet", class_weight_power=-1.0).validate()
+
+
 def test_dataset_errors_name_the_problem(tmp_path, camvid):
     from edgeseg.dataset import DatasetError, list_pairs, read_mask
 

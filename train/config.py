@@ -33,6 +33,9 @@ class TrainConfig:
             CamVid drives ``0006R0``: a leave-one-drive-out check); empty = every pair of the split(s).
         class_weighting: ``"none"``, ``"median_frequency"`` (Eigen & Fergus, used by SegNet on CamVid) or
             ``"enet"`` (1 / ln(1.02 + p), ENet's; gentler on rare classes).
+        class_weight_power: each class weight is raised to this power after the rule (1 = the rule's own
+            weights, 0.5 = their square root: rare classes weigh less, for a model that over-predicts them;
+            0 = unweighted).
         augment: random flip, zoom crop and colour jitter on training images.
         max_scale, min_scale: zoom range; below 1 the image shrinks and the border is label 0 (ignored).
         source_scale: training images are prepared (the shared `prepare_pixels`) and cached at this
@@ -89,6 +92,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     early_stop_patience: int = 10
     class_weighting: str = "none"
+    class_weight_power: float = 1.0
     augment: bool = False
     max_scale: float = 1.5
     min_scale: float = 1.0
@@ -138,6 +142,9 @@ class TrainConfig:
         if self.copy_paste > 0 and not self.paste_classes:
             raise ConfigError(f"{where}: copy_paste is {self.copy_paste!r} but paste_classes is empty;"
                               " name the classes to paste, e.g. paste_classes: [pole, pedestrian]")
+        if self.class_weight_power != 1 and self.class_weighting == "none":
+            raise ConfigError(f"{where}: class_weight_power {self.class_weight_power} has no weights to act on:"
+                              " set class_weighting (e.g. enet) or remove class_weight_power")
         if self.distill_weight > 1:
             raise ConfigError(f"{where}: distill_weight is {self.distill_weight!r}; it must be between 0 and 1")
         if self.min_scale > min(1.0, self.max_scale):
@@ -189,7 +196,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
-    "lovasz_weight": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True),
+    "lovasz_weight": (0, True), "class_weight_power": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True),
     "snapshot_every": (0, True), "seed": (0, True),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",

@@ -250,7 +250,8 @@ def compute_class_weights(config: TrainConfig, train_pairs: data_lib.Pairs, labe
         return None
     rules = {"median_frequency": data_lib.median_frequency_weights, "enet": data_lib.enet_weights}
     counts = data_lib.class_frequencies(train_pairs, labels.num_classes)
-    weights = rules[config.class_weighting](counts).tolist()
+    weights = rules[config.class_weighting](counts)
+    weights = np.where(weights > 0, weights ** config.class_weight_power, 0.0).tolist()
     print("class weights:", ", ".join(f"{n}={w:.2f}" for n, w in zip(labels.names, weights)))
     absent = [name for name, count in zip(labels.names[1:], counts[1:]) if count == 0]
     spread = max(weights) / max(min(w for w in weights[1:] if w > 0), 1e-9) if any(weights[1:]) else 0
