@@ -196,8 +196,8 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "batch_size": (1, True), "epochs": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
     "warmup_epochs": (0, True), "early_stop_patience": (1, True), "max_scale": (1, True), "min_scale": (0, False),
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
-    "lovasz_weight": (0, True), "class_weight_power": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True),
-    "snapshot_every": (0, True), "seed": (0, True),
+    "lovasz_weight": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True),
+    "snapshot_every": (0, True), "seed": (0, True), "class_weight_power": (0, True),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",
               "paste_classes": "class names"}
