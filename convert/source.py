@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import tensorflow as tf
 
 from edgeseg.errors import UsageError
 from edgeseg.extras import load_keras_model
-from edgeseg.labels import LabelSet, builtin_for
+from edgeseg.labels import LabelSet, builtin_for, read_labels_json
 
 
 class ConvertError(UsageError, ValueError):
@@ -124,7 +123,7 @@ def labels_for(source: SourceModel, eval_root: Path | None) -> LabelSet:
 
     run_labels = source.path.parent / "labels.json"
     if run_labels.is_file():
-        labels = LabelSet.from_dict(json.loads(run_labels.read_text()))
+        labels = read_labels_json(run_labels)
     elif eval_root is not None:
         labels = resolve_labels(eval_root)
     else:

@@ -8,6 +8,7 @@ so no index shift is ever needed between the dataset, the model and the overlay.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,19 @@ def generic_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
             cid >>= 3
         colours.append((r, g, b))
     return tuple(colours)
+
+
+def read_labels_json(path: Path) -> LabelSet:
+    """Read the ``labels.json`` that `train` writes beside a run's models (`LabelSet.to_dict`).
+
+    Raises:
+        LabelsError: one line naming the file and the fix, when it cannot be read or parsed.
+    """
+    try:
+        return LabelSet.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LabelsError(f"{path} cannot be read as a run's labels ({exc.__class__.__name__}); restore the run's"
+                          " labels.json or remove it") from exc
 
 
 def read_classes_csv(path: Path) -> LabelSet:

@@ -159,6 +159,10 @@ def test_bad_inputs_are_refused_without_leaving_models(tiny_run, camvid, tmp_pat
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     model = tiny_run / "best.keras"
+    corrupt_run = tmp_path / "corrupt_run"  # a run whose labels.json was cut short
+    corrupt_run.mkdir()
+    (corrupt_run / "best.keras").write_bytes(model.read_bytes())
+    (corrupt_run / "labels.json").write_text('{"names": ')
     common = ["--eval-data", camvid, "--num-eval", 2]
     cases = [
         (["--model", not_keras, "--calib-data", camvid, "--out-dir", tmp_path / "o1", *common], "could not be loaded"),
@@ -174,6 +178,8 @@ def test_bad_inputs_are_refused_without_leaving_models(tiny_run, camvid, tmp_pat
         (["--model", model, "--quantize", "int8", "--out-dir", tmp_path / "o7", *common], "--calib-data"),
         (["--model", model, "--edgetpu", "--fallback", "float-head", "--calib-data", camvid, "--out-dir",
           tmp_path / "o8", *common], "Edge TPU cannot run"),
+        (["--model", corrupt_run / "best.keras", "--calib-data", camvid, "--out-dir", tmp_path / "o9", *common],
+         "labels.json cannot be read as a run's labels"),
     ]
     for args, fragment in cases:
         message = one_error_line(convert_cli(*args))

@@ -13,13 +13,12 @@ static upsampling of the Edge TPU export, the float32 copy of mixed-precision mo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
 
 from edgeseg.errors import UsageError
-from edgeseg.labels import LabelSet
+from edgeseg.labels import LabelsError, read_labels_json
 
 
 class EnsembleError(UsageError, ValueError):
@@ -83,13 +82,10 @@ def average_files(sources: list[Path], output: Path) -> tuple[Path, keras.Model]
         except ValueError as exc:
             raise EnsembleError(str(exc)) from exc
     found = [path for path in (source.parent / "labels.json" for source in sources) if path.is_file()]
-    label_sets = set()
-    for path in found:  # as `convert` reads them (convert.source.labels_for)
-        try:
-            label_sets.add(LabelSet.from_dict(json.loads(path.read_text())))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EnsembleError(f"{path} cannot be read as a run's labels ({exc.__class__.__name__}); restore the"
-                                " run's labels.json or remove it") from exc
+    try:
+        label_sets = {read_labels_json(path) for path in found}  # as `convert` reads them
+    except LabelsError as exc:
+        raise EnsembleError(str(exc)) from exc
     if len(label_sets) > 1:
         raise EnsembleError(f"the models' labels differ ({', '.join(map(str, found))}); average models trained on"
                             " the same dataset")
