@@ -949,3 +949,56 @@ def test_average_refuses_models_that_do_not_fit_together_in_one_line(tiny_run, t
         assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], result.stderr[-1500:]
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_resize_rebuilds_a_trained_model_for_another_input_with_its_weights(tiny_run, tmp_path, camvid):
+    """`python -m train resize`: the same weights in a graph for a larger input. At the training size the
+    rebuilt graph computes exactly what the original does; at the larger one, exactly what the network
+    built for that size (train.models) computes with the trained weights loaded."""
+    import cv2
+
+    from conftest import TINY_HW
+    from edgeseg.extras import load_keras_model
+    from edgeseg.preprocess import InputSpec, preprocess
+    from train.models import build_model
+    from train.resize import resize_model
+
+    height, width = TINY_HW[0] + 32, TINY_HW[1] + 32
+    out = tmp_path / "resized" / "last.keras"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "train", "resize", str(tiny_run / "last.keras"), "--height",
+                             str(height), "--width", str(width), "-o", str(out)], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert f"input {height}x{width} (HxW), output {height}x{width}" in result.stdout
+    assert (out.parent / "labels.json").read_text() == (tiny_run / "labels.json").read_text()
+    original, resized = load_keras_model(tiny_run / "last.keras"), load_keras_model(out)
+    assert resized.input_shape == (None, height, width, 3) and resized.output_shape[1:3] == (height, width)
+    assert all(np.array_equal(a, b) for a, b in zip(original.get_weights(), resized.get_weights()))
+    frames = [cv2.imread(str(path)) for path in sorted((camvid / "images" / "validation").glob("*"))[:4]]
+    small = np.stack([preprocess(frame, InputSpec(*TINY_HW)) for frame in frames])
+    assert np.allclose(resize_model(original, *TINY_HW)(small, training=False), original(small, training=False),
+                       atol=1e-5)
+    built = build_model("unet-lite", height, width, original.output_shape[-1], width_multiplier=0.5)
+    built.set_weights(original.get_weights())
+    large = np.stack([preprocess(frame, InputSpec(height, width)) for frame in frames])
+    logits = np.asarray(resized(large, training=False))
+    assert np.allclose(logits, built(large, training=False), atol=1e-5)
+    assert len(np.unique(logits.argmax(-1))) > 2  # a trained reading, not a constant map
+
+
+def test_resize_refuses_bad_sizes_and_paths_in_one_line(tiny_run, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    last = tiny_run / "last.keras"
+    size = ["--height", "96", "--width", "128"]
+    for args, fragment in (([str(last), "--height", "100", "--width", "128", "-o", str(tmp_path / "a.keras")],
+                            "must be multiples of 32; nearest valid size is 96x128"),
+                           ([str(tmp_path / "missing.keras"), *size, "-o", str(tmp_path / "b.keras")], "does not exist"),
+                           ([str(last), *size, "-o", str(last)], "is the model itself"),
+                           ([str(last), *size, "-o", str(tmp_path / "c.h5")], "is not a .keras file")):
+        result = subprocess.run([sys.executable, "-m", "train", "resize", *args], cwd=REPO, env=env,
+                                capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], result.stderr[-1500:]
+        assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.keras")) and not list(tiny_run.glob(".*partial*"))

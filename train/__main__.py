@@ -5,6 +5,7 @@
     python -m train download --dest data/          # ADEChallengeData2016.zip, sha1-checked
     python -m train average runs/a/last.keras runs/b/last.keras -o runs/ab/last.keras   # one graph, mean logits
     python -m train snap-weights runs/camvid_lite/last.keras   # int8-grid kernels -> last_w8.keras
+    python -m train resize runs/a/last.keras --height 288 --width 384 -o runs/a/last_384x288.keras
 """
 
 from __future__ import annotations
@@ -219,6 +220,27 @@ def average(
     except (EnsembleError, EdgesegError) as exc:
         fail(str(exc))
     typer.echo(f"{path}: the mean of {len(models)} models' logits, {model.count_params():,} parameters in one graph")
+
+
+@app.command()
+def resize(
+    model: Path = typer.Argument(..., help="A .keras model from `python -m train` (e.g. runs/NAME/last.keras)."),
+    height: int = typer.Option(..., "--height", help="New input height in pixels (a multiple of the network's"
+                               " downsampling, 32 for unet-lite)."),
+    width: int = typer.Option(..., "--width", help="New input width in pixels."),
+    output: Path = typer.Option(..., "--output", "-o", help="The resized model (.keras; labels.json goes beside it)."),
+) -> None:
+    """Rebuild a trained model for another input size, same weights: networks trained on zoomed crops
+    read whole frames better somewhat larger than their training size (configs/lodo/README.md)."""
+    with native_output_hidden():  # TensorFlow's start-up log lines
+        from .resize import ResizeError, resize_file  # heavy: imports TensorFlow
+
+    try:
+        path, resized = resize_file(model, output, height, width)
+    except (ResizeError, EdgesegError) as exc:
+        fail(str(exc))
+    typer.echo(f"{path}: input {height}x{width} (HxW), output {resized.output_shape[1]}x{resized.output_shape[2]},"
+               f" the same {resized.count_params():,} parameters")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""Rebuild a trained model for another input size, with the same weights.
+
+The edge networks are convolutional throughout (their resizes are by fixed factors), so a trained
+model's weights fit any input whose sides divide by its total downsampling. Why run at a size other
+than the training one: trained on crops zoomed 0.75-1.75x, a network learns objects larger than they
+look in a whole frame at its training size; a larger input brings them back to the scale it learned
+(the train-test resolution discrepancy, Touvron et al. 2019, "FixRes"). For the bundled recipe,
+trained at 320x256, 384x288 gains on both held-out drives and on the clips (configs/lodo/README.md).
+
+    python -m train resize runs/camvid_lite_pair/last.keras --height 288 --width 384 \\
+        -o runs/camvid_lite_pair/last_384x288.keras
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from edgeseg.errors import UsageError
+
+
+class ResizeError(UsageError, ValueError):
+    """Bad input to `resize`; the message says how to fix it."""
+
+
+def downsampling(model: keras.Model) -> int:
+    """The network's total downsampling: its input height over its smallest feature map's height."""
+    height = model.input_shape[1]
+    smallest = min((shape[1] for layer in model.layers
+                    for shape in [getattr(layer, "output", None) is not None and layer.output.shape]
+                    if shape and len(shape) == 4 and shape[1]), default=height)
+    return max(1, height // smallest)
+
+
+def resize_model(model: keras.Model, height: int, width: int) -> keras.Model:
+    """`model`'s graph and weights for a ``(height, width, 3)`` input.
+
+    Raises:
+        ResizeError: a size the network cannot divide (the message names the nearest valid one), or a
+            graph that does not rebuild at that size.
+    """
+    multiple = downsampling(model)
+
+    def nearest(value: int) -> int:
+        return max(multiple, round(value / multiple) * multiple)
+
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+        raise ResizeError(f"input size {height}x{width} (HxW) does not fit this network: height and width must be"
+                          f" multiples of {multiple}; nearest valid size is {nearest(height)}x{nearest(width)}")
+    channels = model.input_shape[-1]
+    image = keras.Input(shape=(height, width, channels), name=model.layers[0].name)
+    try:
+        resized = keras.models.clone_model(model, input_tensors=image)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a graph that does not rebuild
+        raise ResizeError(f"this network does not rebuild at {height}x{width} ({exc.__class__.__name__}); it needs"
+                          " a fully convolutional model such as those `python -m train` builds") from exc
+    resized.set_weights(model.get_weights())
+    return resized
+
+
+def resize_file(source: Path, output: Path, height: int, width: int) -> tuple[Path, keras.Model]:
+    """Load `source` (.keras), rebuild it for ``height x width`` and save it to `output` atomically;
+    the run's ``labels.json`` goes along when `output` is in another folder.
+
+    Raises:
+        ResizeError: missing or unloadable source, output equal to the source, a size that does not fit.
+        OutputError: the output cannot be written (nothing half-written is left).
+    """
+    from .run import load_saved, save_derived
+
+    source, output = Path(source), Path(output)
+    if not source.is_file():
+        raise ResizeError(f"model {source} does not exist; pass a .keras file saved by `python -m train`")
+    if source.suffix != ".keras":
+        raise ResizeError(f"{source} is not a .keras model; pass RUN/last.keras from `python -m train`")
+    if output.suffix != ".keras":
+        raise ResizeError(f"output {output} is not a .keras file; name it {output.with_suffix('.keras').name}")
+    if output.resolve() == source.resolve():
+        raise ResizeError(f"output {output} is the model itself; write the resized model elsewhere so the"
+                          " original is kept")
+    try:
+        model = load_saved(source, "resize", "pass a .keras file saved by `python -m train`")
+    except ValueError as exc:  # an unreadable archive
+        raise ResizeError(str(exc)) from exc
+    resized = resize_model(model, height, width)
+    save_derived(resized, output, source.parent / "labels.json")
+    return output, resized
