@@ -33,11 +33,13 @@ bundle: setup                   ## retrain and re-export the bundled model (two 
 	$(BIN)/python -m train --config configs/camvid_lite_seed8.yaml    # seed 8 -> runs/camvid_lite_seed8/last.keras
 	$(BIN)/python -m train average runs/camvid_lite/last.keras runs/camvid_lite_seed8/last.keras \
 	  -o runs/camvid_lite_pair/last.keras                              # one graph, the mean of the two's logits
-	$(BIN)/python -m train snap-weights runs/camvid_lite_pair/last.keras   # -> last_w8.keras, int8-grid kernels
-	$(BIN)/python -m convert --model runs/camvid_lite_pair/last_w8.keras --quantize all --name camvid_lite $(BUNDLE_CHECKS)
+	$(BIN)/python -m train resize runs/camvid_lite_pair/last.keras --height 288 --width 384 \
+	  -o runs/camvid_lite_pair384/last.keras                           # run at 384x288: same weights (FixRes)
+	$(BIN)/python -m train snap-weights runs/camvid_lite_pair384/last.keras   # -> last_w8.keras, int8-grid kernels
+	$(BIN)/python -m convert --model runs/camvid_lite_pair384/last_w8.keras --quantize all --name camvid_lite $(BUNDLE_CHECKS)
 	$(BIN)/python -m train snap-weights runs/camvid_lite/last.keras   # the first network alone: camvid_lite_fast
 	$(BIN)/python -m convert --model runs/camvid_lite/last_w8.keras --quantize int8 --name camvid_lite_fast $(BUNDLE_CHECKS)
-	cp runs/camvid_lite_pair/last_w8.keras models/camvid_lite.keras
+	cp runs/camvid_lite_pair384/last_w8.keras models/camvid_lite.keras
 	cp runs/camvid_lite/history.csv models/camvid_lite_history.csv
 	cp runs/camvid_lite/training_curves.png models/camvid_lite_training_curves.png
 	cp runs/camvid_lite_seed8/history.csv models/camvid_lite_seed8_history.csv
