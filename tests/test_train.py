@@ -1002,3 +1002,22 @@ def test_resize_refuses_bad_sizes_and_paths_in_one_line(tiny_run, tmp_path):
         assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], result.stderr[-1500:]
         assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.keras")) and not list(tiny_run.glob(".*partial*"))
+
+
+def test_resize_names_the_layer_kind_that_cannot_follow_a_new_size():
+    """unet-lite2's image pooling upsamples by a factor fixed at build time: a resize is refused in one
+    line that says so; without that branch the same architecture resizes and computes what the network
+    built for the new size computes."""
+    from train.models import build_model
+    from train.resize import ResizeError, downsampling, resize_model
+
+    pooled = build_model("unet-lite2", 64, 96, 5)
+    assert downsampling(pooled) == 32  # the 1-pixel global pool does not count
+    with pytest.raises(ResizeError, match="fixed to the training size .unet-lite2's image pooling") as caught:
+        resize_model(pooled, 96, 128)
+    assert "\n" not in str(caught.value)
+    plain = build_model("unet-lite2", 64, 96, 5, image_pooling=False)
+    resized, built = resize_model(plain, 96, 128), build_model("unet-lite2", 96, 128, 5, image_pooling=False)
+    built.set_weights(plain.get_weights())
+    frame = np.random.default_rng(0).random((1, 96, 128, 3), dtype=np.float32)
+    assert np.allclose(resized(frame), built(frame), atol=1e-5)

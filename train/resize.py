@@ -25,12 +25,11 @@ class ResizeError(UsageError, ValueError):
 
 
 def downsampling(model: keras.Model) -> int:
-    """The network's total downsampling: its input height over its smallest feature map's height."""
+    """The network's total downsampling: its input height over its smallest feature map's height
+    (global poolings, 1 pixel high, aside)."""
     height = model.input_shape[1]
-    smallest = min((shape[1] for layer in model.layers
-                    for shape in [getattr(layer, "output", None) is not None and layer.output.shape]
-                    if shape and len(shape) == 4 and shape[1]), default=height)
-    return max(1, height // smallest)
+    heights = [layer.output.shape[1] for layer in model.layers if len(layer.output.shape) == 4]
+    return max(1, height // min((h for h in heights if h and h > 1), default=height))  # 1: a global pool
 
 
 def resize_model(model: keras.Model, height: int, width: int) -> keras.Model:
@@ -53,8 +52,10 @@ def resize_model(model: keras.Model, height: int, width: int) -> keras.Model:
     try:
         resized = keras.models.clone_model(model, input_tensors=image)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a graph that does not rebuild
-        raise ResizeError(f"this network does not rebuild at {height}x{width} ({exc.__class__.__name__}); it needs"
-                          " a fully convolutional model such as those `python -m train` builds") from exc
+        raise ResizeError(f"this network does not rebuild at {height}x{width} ({exc.__class__.__name__}): one of its"
+                          " layers is fixed to the training size (unet-lite2's image pooling is); train at that size,"
+                          " or use a network without such a layer (unet-lite, unet, unet-lite2 with image_pooling:"
+                          " false)") from exc
     resized.set_weights(model.get_weights())
     return resized
 
