@@ -44,14 +44,18 @@ def check_input_size(architecture: str, height: int, width: int) -> None:
     """Raise ValueError naming the nearest valid size when H or W do not fit the network."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
-    multiple = required_multiple(architecture)
+    check_multiple(height, width, required_multiple(architecture), architecture)
+
+
+def check_multiple(height: int, width: int, multiple: int, network: str) -> None:
+    """Raise ValueError naming the nearest valid size when H or W is not a positive multiple of `multiple`."""
 
     def nearest(value: int) -> int:
         return max(multiple, int(round(value / multiple)) * multiple)
 
     if height % multiple or width % multiple or height <= 0 or width <= 0:
         raise ValueError(
-            f"input size {height}x{width} (HxW) does not fit {architecture}: H and W must be multiples"
+            f"input size {height}x{width} (HxW) does not fit {network}: H and W must be multiples"
             f" of {multiple}; nearest valid size is {nearest(height)}x{nearest(width)}"
         )
 

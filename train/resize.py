@@ -19,6 +19,8 @@ import keras
 
 from edgeseg.errors import UsageError
 
+from .models import check_multiple
+
 
 class ResizeError(UsageError, ValueError):
     """Bad input to `resize`; the message says how to fix it."""
@@ -39,14 +41,10 @@ def resize_model(model: keras.Model, height: int, width: int) -> keras.Model:
         ResizeError: a size the network cannot divide (the message names the nearest valid one), or a
             graph that does not rebuild at that size.
     """
-    multiple = downsampling(model)
-
-    def nearest(value: int) -> int:
-        return max(multiple, round(value / multiple) * multiple)
-
-    if height <= 0 or width <= 0 or height % multiple or width % multiple:
-        raise ResizeError(f"input size {height}x{width} (HxW) does not fit this network: height and width must be"
-                          f" multiples of {multiple}; nearest valid size is {nearest(height)}x{nearest(width)}")
+    try:
+        check_multiple(height, width, downsampling(model), "this network")
+    except ValueError as exc:
+        raise ResizeError(str(exc)) from exc
     channels = model.input_shape[-1]
     image = keras.Input(shape=(height, width, channels), name=model.layers[0].name)
     try:
@@ -68,21 +66,12 @@ def resize_file(source: Path, output: Path, height: int, width: int) -> tuple[Pa
         ResizeError: missing or unloadable source, output equal to the source, a size that does not fit.
         OutputError: the output cannot be written (nothing half-written is left).
     """
-    from .run import load_saved, save_derived
+    from .run import load_for_derived, save_derived
 
     source, output = Path(source), Path(output)
-    if not source.is_file():
-        raise ResizeError(f"model {source} does not exist; pass a .keras file saved by `python -m train`")
-    if source.suffix != ".keras":
-        raise ResizeError(f"{source} is not a .keras model; pass RUN/last.keras from `python -m train`")
-    if output.suffix != ".keras":
-        raise ResizeError(f"output {output} is not a .keras file; name it {output.with_suffix('.keras').name}")
-    if output.resolve() == source.resolve():
-        raise ResizeError(f"output {output} is the model itself; write the resized model elsewhere so the"
-                          " original is kept")
     try:
-        model = load_saved(source, "resize", "pass a .keras file saved by `python -m train`")
-    except ValueError as exc:  # an unreadable archive
+        model = load_for_derived(source, output, "resize")
+    except ValueError as exc:
         raise ResizeError(str(exc)) from exc
     resized = resize_model(model, height, width)
     save_derived(resized, output, source.parent / "labels.json")

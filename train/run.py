@@ -89,6 +89,25 @@ def load_saved(path: Path, role: str, fix: str) -> keras.Model:
                          " pass a .keras file saved by `python -m train`") from exc
 
 
+def load_for_derived(source: Path, output: Path, command: str, elsewhere: str = "") -> keras.Model:
+    """Load the saved model `source` that `command` (snap-weights, resize) turns into `output`, after
+    checking both paths: `source` an existing .keras file, `output` a .keras file that is not `source`.
+
+    Raises:
+        ValueError: one line naming the path and the fix.
+    """
+    if not source.is_file():
+        raise ValueError(f"model {source} does not exist; pass a .keras file saved by `python -m train`")
+    if source.suffix != ".keras":
+        raise ValueError(f"{source} is not a .keras model; pass RUN/last.keras from `python -m train`")
+    if output.resolve() == source.resolve():
+        raise ValueError(f"output {output} is the model itself; write the {command} result elsewhere{elsewhere}"
+                         " so the original is kept")
+    if output.suffix != ".keras":
+        raise ValueError(f"output {output} is not a .keras file; name it {output.with_suffix('.keras').name}")
+    return load_saved(source, command, "pass a .keras file saved by `python -m train`")
+
+
 def save_derived(model: keras.Model, output: Path, labels: Path | None) -> None:
     """Save a model made from saved ones (snapped, averaged) to `output` atomically, with the source
     run's `labels` file copied beside it when `output` is in another folder.

@@ -79,22 +79,13 @@ def snap_file(source: Path, output: Path | None = None) -> tuple[Path, dict]:
         SnapError: missing or unloadable source, output equal to the source, no convolution found.
         OutputError: the output cannot be written (nothing half-written is left).
     """
-    from .run import load_saved, save_derived
+    from .run import load_for_derived, save_derived
 
     source = Path(source)
     output = Path(output) if output is not None else default_output(source)
-    if not source.is_file():
-        raise SnapError(f"model {source} does not exist; pass a .keras file saved by `python -m train`")
-    if source.suffix != ".keras":
-        raise SnapError(f"{source} is not a .keras model; pass RUN/last.keras from `python -m train`")
-    if output.resolve() == source.resolve():
-        raise SnapError(f"output {output} is the model itself; write the snapped model elsewhere (default"
-                        f" {default_output(source).name}) so the original is kept")
-    if output.suffix != ".keras":
-        raise SnapError(f"output {output} is not a .keras file; name it {output.with_suffix('.keras').name}")
     try:
-        model = load_saved(source, "snap-weights", "pass a .keras file saved by `python -m train`")
-    except ValueError as exc:  # an unreadable archive
+        model = load_for_derived(source, output, "snap-weights", f" (default {default_output(source).name})")
+    except ValueError as exc:
         raise SnapError(str(exc)) from exc
     stats = snap_weights(model)
     if not stats["kernels"]:
