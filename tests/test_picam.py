@@ -104,7 +104,7 @@ def test_camera_picam_records_through_the_cli(tmp_path):
     out = tmp_path / "rec.mp4"
     env = {**os.environ, "PYTHONPATH": str(stand_in(tmp_path))}
     # the fast bundled model keeps inference well above the camera's 30 frames/s even on a busy 2-core
-    # machine, so the recording's rate is the camera's (the default model, 3x slower, fell to 17 there)
+    # machine, so the recording's rate is the camera's (the default model, about 4x slower, fell to 17 there)
     result = subprocess.run([sys.executable, "-m", "edgeseg", "camera", "--camera", "picam", "--headless",
                              "--model", "camvid_lite_fast", "--max-frames", "40", "-o", str(out)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
