@@ -523,6 +523,56 @@ def test_lovasz_term_is_one_minus_the_mean_iou_on_hard_predictions(camvid):
     assert float(lovasz_softmax(masks, 40.0 * np.eye(12, dtype=np.float32)[masks])) == pytest.approx(0, abs=1e-6)
 
 
+def _ohem_reference(labels, logits, weights, threshold, min_kept):
+    """mmsegmentation's OHEMPixelSampler, written out: keep labelled pixels whose true-class probability
+    is below max(threshold, the probability of the k-th hardest), k = ceil(min_kept * labelled)."""
+    z = logits - logits.max(-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_p, labels[..., None], -1)[..., 0].astype(np.float64)
+    labelled = labels > 0
+    k = int(np.ceil(labelled.sum() * min_kept))
+    prob = np.exp(-ce[labelled])
+    cut = max(threshold, np.sort(prob)[k - 1])
+    keep = labelled & (np.exp(-ce) <= cut)
+    w = np.asarray(weights)[labels] * keep
+    return float((ce * w).sum() / w.sum()), keep
+
+
+@pytest.mark.parametrize("scale", [0.3, 4.0])  # unsure predictions (all pixels hard), confident ones (min_kept rules)
+def test_ohem_keeps_only_the_hard_labelled_pixels(camvid, scale):
+    from train.losses import MaskedCrossEntropy, ohem_mask
+
+    masks = _real_masks(camvid)
+    rng = np.random.default_rng(1)
+    predicted = np.where(rng.random(masks.shape) < 0.15, rng.integers(1, 12, masks.shape), masks)
+    logits = (scale * np.eye(12, dtype=np.float32)[predicted] + rng.normal(0, 0.5, masks.shape + (12,))).astype(np.float32)
+    weights = list(np.linspace(0.5, 3.0, 12))
+    want, keep = _ohem_reference(masks, logits, weights, 0.7, 0.0625)
+    got = float(MaskedCrossEntropy(weights, ohem_threshold=0.7)(masks, logits))
+    assert got == pytest.approx(want, rel=1e-4)
+    ce = -np.take_along_axis(logits - np.log(np.exp(logits).sum(-1, keepdims=True)), masks[..., None], -1)[..., 0]
+    kept = np.asarray(ohem_mask(ce, masks > 0, 0.7, 0.0625)) > 0
+    assert not kept[masks == 0].any()  # unlabelled pixels never count
+    assert abs(int(kept.sum()) - int(keep.sum())) <= 2  # float ties at the cut
+    share = kept.sum() / (masks > 0).sum()
+    if scale > 1:  # confident: the wrong 15 % and the hardest of the rest, at least min_kept
+        assert 0.0625 <= share < 0.5
+        assert got > 2 * float(MaskedCrossEntropy(weights)(masks, logits))  # the easy majority no longer dilutes
+    else:  # every true class below 0.7: all labelled pixels kept, the plain weighted loss
+        assert share == 1.0
+        assert got == pytest.approx(float(MaskedCrossEntropy(weights)(masks, logits)), rel=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("ohem_threshold", 1.0), ("ohem_threshold", -0.2), ("ohem_min_kept", 0.0),
+                                        ("ohem_min_kept", 1.5)])
+def test_ohem_settings_out_of_range_are_config_errors(key, value):
+    from train.config import ConfigError, TrainConfig
+
+    TrainConfig(ohem_threshold=0.7, ohem_min_kept=0.1).validate()
+    with pytest.raises(ConfigError, match=key):
+        TrainConfig(**{key: value}).validate()
+
+
 def test_binned_lovasz_matches_the_exact_sorted_loss_on_soft_predictions(camvid):
     import keras
 

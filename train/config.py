@@ -67,6 +67,10 @@ class TrainConfig:
         distill_weight: the teachers' share of each labelled pixel's target (0..1; the labels have the rest).
         lovasz_weight: weight of a Lovász-softmax term (Berman et al. 2018: a surrogate of the mean IoU,
             every class present weighing alike) added to the cross-entropy; 0 = cross-entropy only.
+        ohem_threshold: online hard example mining: only labelled pixels whose true class gets a probability
+            below this count in the loss (BiSeNet and HRNet use 0.7); 0 = every labelled pixel.
+        ohem_min_kept: with ``ohem_threshold``, the share of each batch's labelled pixels (the hardest)
+            kept even when fewer are below the threshold.
     """
 
     data_dir: str = "data/ADEChallengeData2016"
@@ -113,6 +117,8 @@ class TrainConfig:
     teachers: list = field(default_factory=list)
     distill_weight: float = 0.5
     lovasz_weight: float = 0.0
+    ohem_threshold: float = 0.0
+    ohem_min_kept: float = 0.0625
     extra: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -135,6 +141,9 @@ class TrainConfig:
         if not self.image_pooling and self.architecture != "unet-lite2":
             raise ConfigError(f"{where}: image_pooling false applies to unet-lite2 only, not {self.architecture}:"
                               " remove the key or set architecture: unet-lite2")
+        for key in ("ohem_threshold", "ohem_min_kept"):
+            if getattr(self, key) >= 1:
+                raise ConfigError(f"{where}: {key} is {getattr(self, key)!r}; it is a share between 0 and 1 (e.g. 0.7)")
         if self.camera_jitter > 1:
             raise ConfigError(f"{where}: camera_jitter is {self.camera_jitter!r}; it is a probability between 0 and 1")
         if self.copy_paste > 1:
@@ -198,6 +207,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
     "lovasz_weight": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True),
     "snapshot_every": (0, True), "seed": (0, True), "class_weight_power": (0, True),
+    "ohem_threshold": (0, True), "ohem_min_kept": (0, False),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",
               "paste_classes": "class names"}

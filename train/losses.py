@@ -38,19 +38,29 @@ class MaskedCrossEntropy(keras.losses.Loss):
 
     ``lovasz_weight`` > 0 adds that multiple of `lovasz_softmax` (a surrogate of the mean IoU, on the
     labels only, unweighted: it already weighs every class present alike).
+
+    Online hard example mining (``ohem_threshold`` > 0, as BiSeNet and HRNet train on CamVid and
+    Cityscapes): only the labelled pixels whose true class gets a probability below ``ohem_threshold``
+    count, and never fewer than the ``ohem_min_kept`` share of the labelled pixels (the hardest ones),
+    so that confident pixels, mostly the insides of road, sky and buildings, stop diluting the
+    gradient of thin objects and edges. Each kept pixel keeps its class weight.
     """
 
     def __init__(self, class_weights: list[float] | None = None, distill_weight: float = 0.0,
-                 lovasz_weight: float = 0.0, name: str = "masked_cross_entropy", **kwargs):
+                 lovasz_weight: float = 0.0, ohem_threshold: float = 0.0, ohem_min_kept: float = 0.0625,
+                 name: str = "masked_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.distill_weight = float(distill_weight)
         self.lovasz_weight = float(lovasz_weight)
+        self.ohem_threshold = float(ohem_threshold)
+        self.ohem_min_kept = float(ohem_min_kept)
 
     def call(self, y_true, y_pred):
         labels, teachers = split_targets(y_true)
         logits = ops.cast(y_pred, "float32")
         per_pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        hard = per_pixel
         if teachers is not None and self.distill_weight > 0:
             soft = -ops.sum(ops.cast(teachers, "float32") * ops.log_softmax(logits, axis=-1), axis=-1)
             per_pixel = (1.0 - self.distill_weight) * per_pixel + self.distill_weight * soft
@@ -59,6 +69,9 @@ class MaskedCrossEntropy(keras.losses.Loss):
         else:
             table = ops.convert_to_tensor(np.asarray(self.class_weights, np.float32))
             weights = ops.take(table, labels) * ops.cast(ops.not_equal(labels, IGNORE_INDEX), "float32")
+        if self.ohem_threshold > 0:
+            weights = weights * ohem_mask(hard, ops.not_equal(labels, IGNORE_INDEX), self.ohem_threshold,
+                                          self.ohem_min_kept)
         loss = ops.sum(per_pixel * weights) / ops.maximum(ops.sum(weights), 1e-6)
         if self.lovasz_weight > 0:
             loss = loss + self.lovasz_weight * lovasz_softmax(labels, logits)
@@ -66,7 +79,25 @@ class MaskedCrossEntropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights, "distill_weight": self.distill_weight,
-                "lovasz_weight": self.lovasz_weight}
+                "lovasz_weight": self.lovasz_weight, "ohem_threshold": self.ohem_threshold,
+                "ohem_min_kept": self.ohem_min_kept}
+
+
+def ohem_mask(cross_entropy, labelled, threshold: float, min_kept: float):
+    """1 for the pixels online hard example mining keeps, else 0 (same shape as ``cross_entropy``).
+
+    Kept: labelled pixels whose true-class probability ``exp(-cross_entropy)`` is below ``threshold``;
+    where fewer than ``min_kept`` (a share of the labelled pixels) are, the ``min_kept`` share with the
+    largest cross-entropy instead (ties at the cut are kept too).
+    """
+    labelled = ops.cast(labelled, "float32")
+    flat = ops.reshape(ops.where(labelled > 0, cross_entropy, -1.0), (-1,))
+    count = ops.sum(labelled)
+    k = ops.cast(ops.maximum(ops.ceil(count * min_kept), 1.0), "int32")
+    descending = -ops.sort(-flat)
+    kth = ops.take(descending, ops.minimum(k, ops.shape(flat)[0]) - 1)
+    cut = ops.minimum(ops.convert_to_tensor(-np.log(threshold), "float32"), kth)
+    return ops.cast(cross_entropy >= cut, "float32") * labelled
 
 
 def lovasz_softmax(labels, logits, num_bins: int = 1024):

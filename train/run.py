@@ -196,7 +196,8 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
         model.compile(
             optimizer=make_optimizer(config, steps_per_epoch),
             loss=MaskedCrossEntropy(class_weights, distill_weight=config.distill_weight if teachers else 0.0,
-                                    lovasz_weight=config.lovasz_weight),
+                                    lovasz_weight=config.lovasz_weight, ohem_threshold=config.ohem_threshold,
+                                    ohem_min_kept=config.ohem_min_kept),
             metrics=[MeanIoU(labels.num_classes), PixelAccuracy(labels.num_classes)],
         )
     example = data_lib.load_example(train_pairs.images[0], train_pairs.masks[0], spec, labels.num_classes)
