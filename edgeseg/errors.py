@@ -66,15 +66,23 @@ class Interrupted(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
+_RECEIVED: list[list[int]] = []  # per active `signals_interrupt` block: the signals it received
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted` once in the main thread; a second
     signal while the first is being handled (outputs being finished) is ignored, so finishing a
-    recording cannot itself be cut short."""
+    recording cannot itself be cut short.
+
+    CPython drops an exception raised by a signal handler while a ``__del__`` method or a weakref
+    callback runs ("Exception ignored in ..."): TensorFlow and Keras run such finalisers all the time.
+    Long loops therefore call `raise_if_interrupted` at safe points (every training step, every
+    frame), which raises the received signal again if its first raise was lost that way."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    raised = []
+    raised: list[int] = []
 
     def handler(signum, _frame):
         if raised:
@@ -83,11 +91,22 @@ def signals_interrupt() -> Iterator[None]:
         raise Interrupted(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _RECEIVED.append(raised)
     try:
         yield
     finally:
+        _RECEIVED.remove(raised)
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def raise_if_interrupted() -> None:
+    """Raise `Interrupted` if the innermost `signals_interrupt` block has received SIGINT or SIGTERM.
+
+    Where the handler's own raise reached the caller, this point is never reached; where CPython lost
+    it (the signal came during a finaliser), this delivers it. Outside a block it does nothing."""
+    if _RECEIVED and _RECEIVED[-1] and threading.current_thread() is threading.main_thread():
+        raise Interrupted(signal.Signals(_RECEIVED[-1][0]).name)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edgeseg.errors import EdgesegError, StreamError
+from edgeseg.errors import EdgesegError, StreamError, raise_if_interrupted
 from edgeseg.overlay import class_shares, render
 from edgeseg.segmenter import Segmenter
 from edgeseg.sinks import VideoSink
@@ -419,6 +419,7 @@ def _infer_loop(host: _Host, show: Callable[[np.ndarray], bool] | None, bar: tqd
     invoke, hand the result to the host side, refresh the window; counts `host.inferred`."""
     source, segmenter, options, timings = host.source, host.segmenter, host.options, host.timings
     while not host.stop.is_set():
+        raise_if_interrupted()  # a Ctrl-C whose first raise CPython dropped (it came during a finaliser)
         prepare_ms = 0.0
         if source.live:
             frame = source.read()

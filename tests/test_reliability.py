@@ -479,6 +479,50 @@ def test_eval_refuses_a_mask_of_another_size(tmp_path):
     one_error(edgeseg("eval", "-m", MODEL, "--data", data), f"{name}.png is 240x180 but its image is 480x360")
 
 
+class _SignalInFinaliser:
+    """Sends SIGINT to this process from its finaliser, the moment CPython drops the handler's raise
+    ("Exception ignored in ..."), as it does when Ctrl-C lands while TensorFlow finalises a tensor."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # Python code after the signal: the handler runs (and its raise is lost) here
+            pass
+
+
+def test_a_ctrl_c_dropped_inside_a_finaliser_still_stops_the_run():
+    from edgeseg.errors import Interrupted, raise_if_interrupted, signals_interrupt
+
+    raise_if_interrupted()  # outside a block: nothing
+    with signals_interrupt():
+        raise_if_interrupted()  # nothing received yet
+        _SignalInFinaliser()  # created and finalised at once: the raise is dropped
+        with pytest.raises(Interrupted, match="SIGINT"):
+            raise_if_interrupted()
+    raise_if_interrupted()  # the block is over: its signal no longer counts
+
+
+def test_training_stops_within_a_step_when_ctrl_c_is_dropped_inside_a_finaliser():
+    import keras
+
+    from edgeseg.errors import Interrupted, signals_interrupt
+    from train.callbacks import DeliverInterrupt
+
+    steps = []
+
+    class DropOne(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(batch)
+            if batch == 2:
+                _SignalInFinaliser()
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((64, 4), np.float32), np.zeros((64, 2), np.float32)
+    with signals_interrupt(), pytest.raises(Interrupted, match="SIGINT"):
+        model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[DropOne(), DeliverInterrupt()])
+    assert steps == [0, 1, 2]  # without DeliverInterrupt the run would have gone on to 3 epochs x 16 steps
+
+
 @pytest.mark.slow
 def test_training_rerun_and_interrupt_keep_every_record(tmp_path, camvid):
     run_dir = tmp_path / "run"
@@ -499,6 +543,6 @@ def test_training_rerun_and_interrupt_keep_every_record(tmp_path, camvid):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-2000:]
     line = one_error(subprocess.CompletedProcess([], 130, "", stderr), "stopped by SIGINT after finishing epoch")
     assert "run the same command again to resume" in line

@@ -13,9 +13,25 @@ import numpy as np
 
 from edgeseg import atomic
 from edgeseg.atomic import atomic_path
+from edgeseg.errors import raise_if_interrupted
 from edgeseg.labels import LabelSet
 from edgeseg.overlay import colourise
 from edgeseg.sinks import write_image
+
+
+class DeliverInterrupt(keras.callbacks.Callback):
+    """Raise a SIGINT/SIGTERM the training received but whose first raise CPython dropped (it came
+    while a TensorFlow finaliser ran): checked after every step and every epoch, so Ctrl-C always
+    stops a run within one step (`edgeseg.errors.raise_if_interrupted`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_interrupted()
+
+    def on_test_batch_end(self, batch, logs=None):
+        raise_if_interrupted()
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise_if_interrupted()
 
 
 class BestCheckpoint(keras.callbacks.Callback):

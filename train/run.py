@@ -18,7 +18,7 @@ from edgeseg.evaluate import evaluate
 from edgeseg.extras import load_keras_model
 from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
 from . import data as data_lib
-from .callbacks import BestCheckpoint, CurvesPlot, EpochLog, PredictionGrid, Snapshots, plot_curves
+from .callbacks import BestCheckpoint, CurvesPlot, DeliverInterrupt, EpochLog, PredictionGrid, Snapshots, plot_curves
 from .config import ConfigError, TrainConfig
 from .distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
 from .losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy, pack_targets
@@ -403,6 +403,7 @@ def make_callbacks(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir
         *([Snapshots(out_dir / "snapshots", config.snapshot_every)] if config.snapshot_every else []),
         keras.callbacks.TensorBoard(str(out_dir / "tensorboard")),
         *grid,
+        DeliverInterrupt(),  # last: an epoch's backup and logs are written before a dropped Ctrl-C is raised
     ]
 
 
