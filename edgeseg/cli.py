@@ -137,6 +137,20 @@ def _beside(extras: Extras, segmenter, source):
                 typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
+def slower_than_source_hint(fps: float, frames: int, source_fps: float | None, model: Path) -> str:
+    """A one-line note when the default model ran below the source's frame rate (a live source then
+    drops frames), pointing at the faster bundled model; "" otherwise. CPUs without int8 dot-product
+    instructions (x86 without VNNI, Pi 4) run the three-network default about 4.5x slower than those
+    with them (benchmarks/results)."""
+    from edgeseg.bundled import BUNDLED_MODEL
+
+    if frames < 30 or not source_fps or fps >= 0.9 * source_fps or model.resolve() != BUNDLED_MODEL.resolve():
+        return ""
+    return (f"note: the default model ran at {fps:.1f} FPS here, below the source's {source_fps:.1f} FPS (a live source"
+            " drops the frames in between); --model camvid_lite_fast is about 4x faster, a few mIoU points less"
+            " accurate on unseen streets")
+
+
 def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth, max_frames, duration,
                 extras: Extras | None = None):
     """Run the pipeline on an opened source; a StreamError (source ended early) reaches the
@@ -159,7 +173,11 @@ def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth,
             sink = VideoSink(output, None if source.live else source.fps, (first.shape[1], first.shape[0]))
             source = Prepended(source, first)
         stats = run(source, segmenter, options, sink=sink, show=show, on_frame=on_frame)
+        source_fps = getattr(source, "fps", None)  # a camera's is known once it is open
     typer.echo(stats.summary())
+    hint = slower_than_source_hint(stats.fps, stats.frames, source_fps, Path(segmenter.options.model))
+    if hint:
+        typer.secho(hint, fg=typer.colors.YELLOW, err=True)
     if sink is not None:
         typer.echo(f"wrote {output} ({sink.frames} frames at {sink.fps:.2f} FPS)")
     skipped = getattr(source, "skipped", [])

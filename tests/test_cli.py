@@ -251,3 +251,31 @@ def test_eval_on_real_camvid_and_bad_dataset(tiny_tflite, camvid, tmp_path):
     report = json.loads(invoke("eval", "-m", tiny_tflite["int8"], "-d", camvid, "--max-images", 6, "--json").stdout)
     assert report["images"] == 6 and 0.0 < report["miou"] < 1.0 and report["pixel_accuracy"] > 0.3
     assert_clean_error(invoke("eval", "-m", tiny_tflite["int8"], "-d", tmp_path), "does not exist")
+
+
+def test_the_default_model_slower_than_its_source_points_at_the_fast_one(tmp_path):
+    """A clip tagged 900 FPS (real frames of vtest.avi): no CPU here runs the three-network default
+    that fast, so the run ends with one note naming camvid_lite_fast; the fast model itself gets none."""
+    from edgeseg.bundled import BUNDLED_MODEL, FAST_MODEL
+    from edgeseg.cli import slower_than_source_hint
+
+    capture = cv2.VideoCapture(str(shared("video", "vtest.avi")))
+    clip = tmp_path / "fast_camera.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 900, (480, 360))
+    for _ in range(40):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(frame)
+    writer.release(), capture.release()
+    result = invoke("video", clip, "--headless", "-o", tmp_path / "out.mp4")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: the default model ran at")]
+    assert len(notes) == 1 and "below the source's 900.0 FPS" in notes[0] and "--model camvid_lite_fast" in notes[0]
+    result = invoke("video", clip, "--headless", "--model", "camvid_lite_fast", "-o", tmp_path / "fast.mp4")
+    assert result.exit_code == 0, result.output
+    assert "note: the default model" not in result.stderr
+    # a clip the default keeps up with, and too few frames to judge: no note
+    assert slower_than_source_hint(19.0, 795, 10.0, BUNDLED_MODEL) == ""
+    assert slower_than_source_hint(19.0, 10, 30.0, BUNDLED_MODEL) == ""
+    assert slower_than_source_hint(19.0, 795, 30.0, FAST_MODEL) == ""
+    assert slower_than_source_hint(19.0, 795, 30.0, BUNDLED_MODEL).startswith("note: the default model ran at 19.0 FPS")
