@@ -838,6 +838,32 @@ def test_a_distilled_run_trains_and_refuses_teachers_that_do_not_fit(tiny_run, t
         load_teachers(config.replace(teachers=[str(tmp_path / "nope.keras")]), input_spec(config), 12)
 
 
+def test_validation_every_validates_only_those_epochs_and_still_records_them(tmp_path, camvid):
+    """validation_every 2 on 3 epochs: val columns filled on epoch 2 only ("NA" elsewhere), best.keras
+    from epoch 2, the curves still drawn, the delivered model still scored; 0 is a config error."""
+    import csv
+    import json
+
+    from conftest import TINY_HW
+    from train.config import ConfigError, TrainConfig
+    from train.run import fit
+
+    run_dir = tmp_path / "run"
+    config = TrainConfig(data_dir=str(camvid), run_dir=str(run_dir), architecture="unet-lite", height=TINY_HW[0],
+                         width=TINY_HW[1], width_multiplier=0.5, batch_size=8, epochs=3, max_examples=16,
+                         sample_images=0, seed=2, validation_every=2, early_stop_patience=1)
+    result = fit(config)
+    rows = list(csv.DictReader(open(run_dir / "history.csv")))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert [row["val_miou"] for row in rows][::2] == ["NA", "NA"] and 0 <= float(rows[1]["val_miou"]) <= 1
+    assert all(np.isfinite(float(row["loss"])) for row in rows)  # trained every epoch (patience 1 counts validations)
+    assert json.loads((run_dir / "best.keras.json").read_text())["epoch"] == 2
+    assert (run_dir / "training_curves.png").stat().st_size > 1000
+    assert 0 <= result["miou"] <= 1
+    with pytest.raises(ConfigError, match="validation_every"):
+        TrainConfig(validation_every=0).validate()
+
+
 def test_throughput_command_measures_real_training_steps(camvid, tmp_path):
     import json
 

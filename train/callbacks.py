@@ -34,6 +34,15 @@ class DeliverInterrupt(keras.callbacks.Callback):
         raise_if_interrupted()
 
 
+class ValidatedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's early stopping, acting only on the epochs that ran validation (``validation_every``):
+    its patience counts validations."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and self.monitor in logs:
+            super().on_epoch_end(epoch, logs)
+
+
 class BestCheckpoint(keras.callbacks.Callback):
     """Save the model when `monitor` improves; never overwrite a better checkpoint.
 
@@ -147,12 +156,17 @@ def plot_curves(history_csv: Path, out_png: Path) -> None:
     first = 1 if int(rows[0]["epoch"]) == 0 else 0  # histories before 2026-11-29 counted epochs from 0
     epochs = [int(r["epoch"]) + first for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+
+    def series(key):  # (epochs, values) of the rows that have the key (validation_every > 1 leaves "NA")
+        points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r.get(key) not in (None, "", "NA")]
+        return [e for e, _ in points], [v for _, v in points]
+
     for key, style in (("loss", "-"), ("val_loss", "--")):
         if key in rows[0]:
-            axes[0].plot(epochs, [float(r[key]) for r in rows], style, marker="o", markersize=3, label=key)
+            axes[0].plot(*series(key), style, marker="o", markersize=3, label=key)
     for key, style in (("miou", "-"), ("val_miou", "--"), ("val_pixel_accuracy", ":")):
         if key in rows[0]:
-            axes[1].plot(epochs, [float(r[key]) for r in rows], style, marker="o", markersize=3, label=key)
+            axes[1].plot(*series(key), style, marker="o", markersize=3, label=key)
     if "stage" in rows[0]:  # runs chained with init_from: mark where each stage starts
         starts = [e for e, prev, row in zip(epochs[1:], rows, rows[1:]) if row["stage"] != prev["stage"]]
         for axis in axes:

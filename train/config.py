@@ -67,6 +67,10 @@ class TrainConfig:
         distill_weight: the teachers' share of each labelled pixel's target (0..1; the labels have the rest).
         lovasz_weight: weight of a Lovász-softmax term (Berman et al. 2018: a surrogate of the mean IoU,
             every class present weighing alike) added to the cross-entropy; 0 = cross-entropy only.
+        validation_every: run validation every N epochs (and on no other); 1 = every epoch. On a CPU the
+            validation pass can cost a third of an epoch; the best checkpoint and early stopping (whose
+            patience then counts validations) see only the validated epochs; the run's last epoch is
+            always evaluated when the model is delivered.
         ohem_threshold: online hard example mining: only labelled pixels whose true class gets a probability
             below this count in the loss (BiSeNet and HRNet use 0.7); 0 = every labelled pixel.
         ohem_min_kept: with ``ohem_threshold``, the share of each batch's labelled pixels (the hardest)
@@ -117,6 +121,7 @@ class TrainConfig:
     teachers: list = field(default_factory=list)
     distill_weight: float = 0.5
     lovasz_weight: float = 0.0
+    validation_every: int = 1
     ohem_threshold: float = 0.0
     ohem_min_kept: float = 0.0625
     extra: dict = field(default_factory=dict)
@@ -207,7 +212,7 @@ MINIMUM = {  # key: (smallest allowed value, whether it may equal it)
     "source_scale": (1, True), "detail_jitter": (1, True), "max_examples": (0, True), "distill_weight": (0, True),
     "lovasz_weight": (0, True), "copy_paste": (0, True), "camera_jitter": (0, True), "sample_images": (0, True),
     "snapshot_every": (0, True), "seed": (0, True), "class_weight_power": (0, True),
-    "ohem_threshold": (0, True), "ohem_min_kept": (0, False),
+    "ohem_threshold": (0, True), "ohem_min_kept": (0, False), "validation_every": (1, True),
 }
 LIST_ITEMS = {"train_prefixes": "file-name prefixes", "val_prefixes": "file-name prefixes", "teachers": "model paths",
               "paste_classes": "class names"}

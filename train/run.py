@@ -18,7 +18,8 @@ from edgeseg.evaluate import evaluate
 from edgeseg.extras import load_keras_model
 from edgeseg.preprocess import InputSpec, prepare_pixels, preprocess
 from . import data as data_lib
-from .callbacks import BestCheckpoint, CurvesPlot, DeliverInterrupt, EpochLog, PredictionGrid, Snapshots, plot_curves
+from .callbacks import (BestCheckpoint, CurvesPlot, DeliverInterrupt, EpochLog, PredictionGrid, Snapshots,
+                        ValidatedEarlyStopping, plot_curves)
 from .config import ConfigError, TrainConfig
 from .distribute import Cluster, GroupBackup, prepare_for_multi_worker, setup_cluster, weights_digest
 from .losses import MaskedCrossEntropy, MeanIoU, PixelAccuracy, pack_targets
@@ -209,7 +210,8 @@ def _fit(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir: Path, la
     keep_finished_history(out_dir, cluster.backup_dir(run_dir))
     callbacks = make_callbacks(config, cluster, run_dir, out_dir, val_pairs, spec, labels)
     started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
+    history = model.fit(train_ds, validation_data=val_ds, validation_freq=config.validation_every, epochs=config.epochs,
+                        callbacks=callbacks, verbose=2,
                         shuffle=False,  # tf.data already shuffles (and Keras warns when asked to)
                         steps_per_epoch=steps_per_epoch if cluster.kind == "multi-worker" else None)
     seconds = time.perf_counter() - started
@@ -393,7 +395,7 @@ def make_callbacks(config: TrainConfig, cluster: Cluster, run_dir: Path, out_dir
                            np.stack([prepare_pixels(read_image_rgb(val_pairs.images[i]), spec) for i in picked]),
                            np.stack([s[1] for s in samples]), labels)] if picked else []  # sample_images: 0 = none
     stopping = [] if config.checkpoint == "last" else [
-        keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience)]
+        ValidatedEarlyStopping(monitor="val_miou", mode="max", patience=config.early_stop_patience)]
     return [
         GroupBackup(cluster.backup_dir(run_dir), cluster),
         EpochLog(str(out_dir / "history.csv"), append=True),
