@@ -137,14 +137,17 @@ def _beside(extras: Extras, segmenter, source):
                 typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
-def slower_than_source_hint(fps: float, frames: int, source_fps: float | None, model: Path) -> str:
+def slower_than_source_hint(fps: float, frames: int, source_fps: float | None, model: Path,
+                            live_dropped: int | None = None) -> str:
     """A one-line note when the default model ran below the source's frame rate (a live source then
-    drops frames), pointing at the faster bundled model; "" otherwise. CPUs without int8 dot-product
-    instructions (x86 without VNNI, Pi 4) run the three-network default about 4.5x slower than those
-    with them (benchmarks/results)."""
+    drops frames), pointing at the faster bundled model; "" otherwise. A live source that dropped no
+    frame kept up, whatever rate it claims (streams that report none are assumed at 30 FPS). x86 CPUs
+    without VNNI run the three-network default about 4.5x slower than those with it (benchmarks/results)."""
     from edgeseg.bundled import BUNDLED_MODEL
 
     if frames < 30 or not source_fps or fps >= 0.9 * source_fps or model.resolve() != BUNDLED_MODEL.resolve():
+        return ""
+    if live_dropped == 0:
         return ""
     return (f"note: the default model ran at {fps:.1f} FPS here, below the source's {source_fps:.1f} FPS (a live source"
             " drops the frames in between); --model camvid_lite_fast is about 4x faster, a few mIoU points less"
@@ -175,7 +178,8 @@ def _run_stream(source, segmenter, output, headless, alpha, legend, hud, smooth,
         stats = run(source, segmenter, options, sink=sink, show=show, on_frame=on_frame)
         source_fps = getattr(source, "fps", None)  # a camera's is known once it is open
     typer.echo(stats.summary())
-    hint = slower_than_source_hint(stats.fps, stats.frames, source_fps, Path(segmenter.options.model))
+    hint = slower_than_source_hint(stats.fps, stats.frames, source_fps, Path(segmenter.options.model),
+                                   stats.dropped if source.live else None)
     if hint:
         typer.secho(hint, fg=typer.colors.YELLOW, err=True)
     if sink is not None:

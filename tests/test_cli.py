@@ -279,3 +279,5 @@ def test_the_default_model_slower_than_its_source_points_at_the_fast_one(tmp_pat
     assert slower_than_source_hint(19.0, 10, 30.0, BUNDLED_MODEL) == ""
     assert slower_than_source_hint(19.0, 795, 30.0, FAST_MODEL) == ""
     assert slower_than_source_hint(19.0, 795, 30.0, BUNDLED_MODEL).startswith("note: the default model ran at 19.0 FPS")
+    assert slower_than_source_hint(19.0, 795, 30.0, BUNDLED_MODEL, live_dropped=0) == ""  # a live source that kept up
+    assert slower_than_source_hint(19.0, 795, 30.0, BUNDLED_MODEL, live_dropped=300).startswith("note:")
