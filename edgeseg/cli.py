@@ -43,7 +43,8 @@ def _error(message: str) -> None:
 ModelOpt = typer.Option(BUNDLED_MODEL, "--model", "-m", show_default=False,
                         help="TFLite model (.tflite; default: the bundled CamVid model, camvid_lite;"
                         " camvid_lite_fast: one of its three networks, about 4x faster); *_edgetpu.tflite runs on the Edge TPU.")
-ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="CPU threads for inference (default: runtime's choice).")
+ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="CPU threads for inference (default: one for images;"
+                          " for streams, timed on the stream: one or all cores up to 4, whichever is faster).")
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto, cpu or edgetpu.")
 TtaOpt = typer.Option(False, "--tta", help="Also segment the mirrored frame and average the two (test-time"
                       " augmentation): about one mIoU point more on unseen streets, half the inference rate.")

@@ -35,6 +35,17 @@ QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be drawn; small to bound m
 # 30 FPS), so a camera left running for days does not grow memory without bound.
 STATS_WINDOW = 100_000
 _END = object()
+# Inference threads when --threads is not given (`_ThreadTuner`): the run starts on one, times it
+# over at least AUTO_WINDOW frames and AUTO_SECONDS (after AUTO_SKIP warm-up frames), then all cores
+# (at most AUTO_MAX_THREADS) the same way, and keeps the more threads only when they deliver
+# AUTO_GAIN times the frames per second (30-frame windows alone varied by +-10 % here). Measured, because it depends on the model's cost against the host work per frame:
+# on 2 cores the three-network bundled model runs 23-32 % faster end to end on two threads, the
+# single network 25 % slower (docs/performance.md).
+AUTO_SKIP = 8
+AUTO_WINDOW = 30
+AUTO_SECONDS = 1.0
+AUTO_MAX_THREADS = 4
+AUTO_GAIN = 1.05
 
 
 def separate_reader() -> bool:
@@ -129,6 +140,7 @@ class RunStats:
     cpu_ms_per_frame: float = 0.0  # CPU time of the whole process (every thread) per frame
     stopped_by: str = ""  # "SIGINT" / "SIGTERM" when a live run was stopped by a signal (its normal end)
     latency_ms: dict[str, float] = field(default_factory=dict)  # capture -> overlay delivered: p50/p90/p99
+    threads: str = ""  # the inference threads and, when chosen by the run, the rates that chose them
 
     def summary(self) -> str:
         stages = ", ".join(f"{name} {ms:.2f}" for name, ms in self.stage_ms.items())
@@ -142,6 +154,7 @@ class RunStats:
                    if self.argmax_on_inference_thread else "")
                 + (f"; latency (capture to overlay) p50 {self.latency_ms['p50']:.1f} p90 {self.latency_ms['p90']:.1f}"
                    f" p99 {self.latency_ms['p99']:.1f} ms" if self.latency_ms else "")
+                + (f"; inference threads {self.threads}" if self.threads else "")
                 + (f"; stopped by {self.stopped_by}" if self.stopped_by else ""))
 
 
@@ -226,7 +239,7 @@ class _Timings:
     def stage(self, name: str, ms: float) -> None:
         self.stage_ms[name].append(ms)
 
-    def to_stats(self, frames: int, dropped: int, argmax_moved: int, stopped_by: str) -> RunStats:
+    def to_stats(self, frames: int, dropped: int, argmax_moved: int, stopped_by: str, threads: str) -> RunStats:
         seconds, cpu_seconds = time.perf_counter() - self.started, time.process_time() - self.cpu_started
         times = np.asarray(self.inference) if self.inference else np.zeros(1)
         return RunStats(
@@ -237,8 +250,70 @@ class _Timings:
             stage_ms={name: float(np.median(values)) for name, values in self.stage_ms.items() if values},
             argmax_on_inference_thread=argmax_moved,
             cpu_ms_per_frame=1000.0 * cpu_seconds / frames if frames else 0.0, stopped_by=stopped_by,
-            latency_ms=percentiles(self.latency),
+            latency_ms=percentiles(self.latency), threads=threads,
         )
+
+
+class _ThreadTuner:
+    """Picks the inference threads on the stream itself when the caller left them open.
+
+    One thread leaves the other cores to the host work (decode, prepare, draw, encode); more
+    threads make inference faster but take those cores from it. Which wins depends on the model's
+    cost against the host work per frame on this device and this source, so the run measures both:
+    frames per second on one thread, then on all cores (up to AUTO_MAX_THREADS), each over at
+    least AUTO_WINDOW frames and AUTO_SECONDS, and keeps the second only if it is AUTO_GAIN times
+    faster. The interpreter
+    is rebuilt between frames on the inference thread (about a model load's time, once).
+    """
+
+    def __init__(self, segmenter: Segmenter, cores: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.segmenter, self.clock = segmenter, clock
+        self.many = min(cores, AUTO_MAX_THREADS)
+        self.earlier = segmenter.threads  # set by the caller or by an earlier run of this segmenter
+        self.active = self.earlier is None and not segmenter.info.edgetpu and self.many > 1
+        self.rates: dict[int, float] = {}  # threads -> frames per second over its window
+        self._window: tuple[int, float] | None = None  # (frames inferred, time) at the window's start
+
+    def after_frame(self, inferred: int) -> None:
+        """Called on the inference thread after each frame, with the frames inferred so far."""
+        if not self.active:
+            return
+        if self._window is None:
+            if inferred == AUTO_SKIP:
+                self._window = (inferred, self.clock())
+            return
+        start, started = self._window
+        elapsed = self.clock() - started
+        if inferred - start < AUTO_WINDOW or elapsed < AUTO_SECONDS:
+            return
+        self.rates[self.segmenter.threads or 1] = (inferred - start) / elapsed
+        if len(self.rates) == 1:
+            self.segmenter.set_threads(self.many)
+            self._window = (inferred, self.clock())
+            return
+        if self.rates[self.many] < AUTO_GAIN * self.rates[1]:
+            self.segmenter.set_threads(1)
+        self.active = False
+
+    def describe(self) -> str:
+        """How many threads inference ran on, and why: '2 (chosen on this stream: 24.6 FPS against
+        19.1 on 1)'; '' on the Edge TPU."""
+        if self.segmenter.info.edgetpu:
+            return ""
+        threads = self.segmenter.threads or 1
+        if len(self.rates) == 2:
+            other = self.many if threads == 1 else 1
+            return (f"{threads} (chosen on this stream: {self.rates[threads]:.1f} FPS against"
+                    f" {self.rates[other]:.1f} on {other})")
+        if self.segmenter.options.threads:
+            return f"{threads} (given)"
+        if self.earlier:
+            return f"{threads} (chosen on an earlier stream)"
+        if self.many == 1:
+            return f"{threads} (one core)"
+        if self.rates:
+            return f"{threads} (the run ended before {self.many} threads were timed against 1)"
+        return f"{threads} (the run was too short to time {self.many} threads against 1)"
 
 
 class _Balancer:
@@ -287,6 +362,7 @@ class _Host:
         self.latest: np.ndarray | None = None  # the newest overlay (the window shows it)
         self.drawn = 0
         self.inferred = 0
+        self.tuner = _ThreadTuner(segmenter, os.cpu_count() or 1)
         self._previous: np.ndarray | None = None
         self._fps = (time.perf_counter(), 0.0)
         loops = [self._read_loop, self._draw_loop] if separate else [self._host_loop]
@@ -442,6 +518,7 @@ def _infer_loop(host: _Host, show: Callable[[np.ndarray], bool] | None, bar: tqd
         host.balancer.average("inference", prepare_ms + (time.perf_counter() - t0) * 1000)
         host.results.put((frame, raw, class_map, segmenter.last_inference_ms, stamp))
         host.inferred += 1
+        host.tuner.after_frame(host.inferred)
         bar.update(1)
         if show is not None and host.latest is not None and not show(host.latest):
             break
@@ -485,7 +562,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         error = host.errors[0]
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
-    stats = timings.to_stats(host.inferred, source.dropped, balancer.moved, stopped_by)
+    stats = timings.to_stats(host.inferred, source.dropped, balancer.moved, stopped_by, host.tuner.describe())
     if sink is not None:
         sink.finish()
     if truncated_at is not None:

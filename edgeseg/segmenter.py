@@ -44,7 +44,8 @@ class SegmenterOptions:
     Attributes:
         model: path of the .tflite file, or the name of a bundled model (``camvid_lite``,
             ``camvid_lite_fast``: `edgeseg.bundled.BUNDLED_MODELS`).
-        threads: CPU threads (None = runtime default).
+        threads: CPU threads for inference. None: one to start with; `edgeseg.pipeline.run` then
+            times one against all cores (up to 4) on the stream and keeps the faster.
         device: ``auto`` (Edge TPU for ``*_edgetpu.tflite``), ``cpu`` or ``edgetpu``.
         tta: test-time augmentation: also run the mirrored frame and average the two outputs
             (mirrored back). Half the inference rate, about one mIoU point more on unseen drives
@@ -143,6 +144,8 @@ class Segmenter:
         content = read_model_bytes(options.model)
         edgetpu = options.device == "edgetpu" or (options.device == "auto" and options.model.name.endswith("_edgetpu.tflite"))
         self._interpreter, runtime = make_interpreter(content, options.threads, edgetpu, runtime)
+        self._content, self._runtime = content, runtime
+        self.threads = options.threads  # None: the runtime's default (one thread)
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         name = options.model.name
         if len(inputs) != 1:
@@ -237,6 +240,15 @@ class Segmenter:
     def interpreter(self):
         """The underlying interpreter (benchmarks time `invoke` on it alone)."""
         return self._interpreter
+
+    def set_threads(self, threads: int) -> None:
+        """Rebuild the interpreter on `threads` CPU threads (LiteRT fixes the count at creation).
+
+        Call it from the thread that invokes; the old interpreter is released.
+        """
+        if threads != (self.threads or 1):
+            self._interpreter, _ = make_interpreter(self._content, threads, self.info.edgetpu, self._runtime)
+        self.threads = threads
 
     @property
     def input_index(self) -> int:

@@ -151,12 +151,12 @@ def test_thermal_state_reads_sysfs_and_reports_absent_fields_as_none(tmp_path):
 
 
 def test_sustained_run_writes_samples_and_a_chart(tmp_path):
-    result = runner.invoke(app, ["--model", str(REPO / "models" / "camvid_lite_int8.tflite"), "--threads", "1",
+    result = runner.invoke(app, ["--model", str(REPO / "models" / "camvid_lite_fast_int8.tflite"), "--threads", "1",
                                  "--runs", "5", "--warmup", "1", "--video", str(shared("video", "vtest.avi")),
                                  "--sustain", "3", "--no-save", "--results-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "sustained" in result.stdout and ("no throttling seen" in result.stdout or "THROTTLED" in result.stdout)
-    jsonl = next(tmp_path.glob("sustain-*-camvid_lite_int8.jsonl"))
+    jsonl = next(tmp_path.glob("sustain-*-camvid_lite_fast_int8.jsonl"))
     samples = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert 2 <= len(samples) <= 4 and all(s["fps"] > 0 for s in samples)
     assert all({"t_s", "fps", "temp_c", "cpu_mhz", "throttled", "throttling"} <= set(s) for s in samples)

@@ -250,8 +250,10 @@ def test_jsonl_and_triggers_on_a_real_clip(tmp_path):
     thresholds come from a first pass over the clip (its upper and middle quartile of the share),
     so the test holds for any model that sees the people at all."""
     probe = tmp_path / "probe.jsonl"
+    # The fast bundled network: the whole clip twice, and the rule holds for any model that sees people.
+    fast = ["--model", "camvid_lite_fast"]
     first = subprocess.run([sys.executable, "-m", "edgeseg", "video", shared("video", "vtest.avi"), "--headless",
-                            "--jsonl", probe], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+                            *fast, "--jsonl", probe], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     shares = [json.loads(line)["shares"].get("pedestrian", 0.0) for line in probe.read_text().splitlines()]
     high, low = (round(float(np.percentile(shares, q)), 4) for q in (75, 50))
@@ -262,7 +264,7 @@ def test_jsonl_and_triggers_on_a_real_clip(tmp_path):
     command = f"{sys.executable} -c \"import json,os,sys; d=json.load(sys.stdin);" \
               f" open(os.path.join(r'{fired}', str(d['frame'])), 'w').write(os.environ['EDGESEG_CLASS'])\""
     result = subprocess.run([sys.executable, "-m", "edgeseg", "video", shared("video", "vtest.avi"), "--headless",
-                             "--jsonl", lines, "--on", f"pedestrian>{high}", "--on-clear", str(low), "--min-interval",
+                             *fast, "--jsonl", lines, "--on", f"pedestrian>{high}", "--on-clear", str(low), "--min-interval",
                              "0", "--exec", command], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in lines.read_text().splitlines()]

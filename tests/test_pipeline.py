@@ -1,7 +1,11 @@
 """Threaded pipeline: live sources drop stale frames, streams that stop, smoothing, overlay."""
 
+import hashlib
+import math
 import os
+import re
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +15,8 @@ from conftest import shared
 from edgeseg.errors import EdgesegError, InputError, StreamError
 from edgeseg.labels import CAMVID
 from edgeseg.overlay import blend, class_shares, colourise, render
-from edgeseg.pipeline import PipelineOptions, run
+from edgeseg.pipeline import (AUTO_GAIN, AUTO_MAX_THREADS, AUTO_SECONDS, AUTO_SKIP, AUTO_WINDOW, PipelineOptions,
+                              _ThreadTuner, run)
 from edgeseg.segmenter import Segmenter, SegmenterOptions
 from edgeseg.sinks import VideoSink
 from edgeseg.sources import LiveSource, PacedCapture, VideoFileSource, frames_at, spaced_frames
@@ -273,3 +278,62 @@ def test_spaced_frames_are_the_clips_own_frames_first_and_last_included():
     np.testing.assert_array_equal(frames_at(clip, [10, 3])[0], every[10])  # in the order asked
     with pytest.raises(InputError, match="ended after 795 frames, before frame 900"):
         frames_at(clip, [5, 900])
+
+
+def test_inference_threads_are_chosen_on_the_stream_without_changing_a_single_pixel(monkeypatch):
+    monkeypatch.setattr("edgeseg.pipeline.os.cpu_count", lambda: 2)  # the 2-core layout on any machine
+
+    def segment(threads, frames=0):
+        seg = Segmenter(SegmenterOptions(Path("camvid_lite_fast"), threads=threads))
+        digests = []
+        with VideoFileSource(shared("video", "vtest.avi")) as source:  # 795 frames: both timings fit
+            stats = run(source, seg, PipelineOptions(max_frames=frames), progress=False,
+                        on_frame=lambda result: digests.append(hashlib.sha1(result.class_map.tobytes()).digest()))
+        return seg, stats, digests
+
+    auto, auto_stats, auto_maps = segment(None)
+    chosen = re.fullmatch(r"(\d) \(chosen on this stream: ([\d.]+) FPS against ([\d.]+) on (\d)\)", auto_stats.threads)
+    assert chosen, auto_stats.threads
+    threads, fps, other_fps, other = int(chosen[1]), float(chosen[2]), float(chosen[3]), int(chosen[4])
+    assert {threads, other} == {1, 2} and auto.threads == threads
+    rates = {threads: fps, other: other_fps}
+    assert (threads == 2) == (rates[2] >= AUTO_GAIN * rates[1])  # more threads stay only when they pay
+    fixed, fixed_stats, fixed_maps = segment(1)
+    assert fixed_stats.threads == "1 (given)" and fixed.threads == 1
+    assert len(auto_maps) == len(fixed_maps) == 795
+    differ = [index for index, (a, b) in enumerate(zip(auto_maps, fixed_maps)) if a != b]
+    assert not differ, f"frames {differ[:5]} differ after the thread switch"  # the rebuilt interpreter computes the same
+    short, short_stats, _ = segment(None, AUTO_SKIP + 3)
+    assert short_stats.threads == "1 (the run was too short to time 2 threads against 1)" and short.threads is None
+
+
+@pytest.mark.parametrize("one, many, kept", [(20.0, 26.0, 2), (20.0, 20.5, 1), (512.0, 256.0, 1)])
+def test_more_inference_threads_stay_only_when_they_deliver_more_frames(tiny_tflite, one, many, kept):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    now = [0.0]
+    tuner = _ThreadTuner(seg, cores=8, clock=lambda: now[0])
+    assert tuner.many == AUTO_MAX_THREADS
+    tensor = seg.prepare(np.zeros((360, 480, 3), np.uint8))
+    inferred = 0
+    while tuner.active:
+        seg.invoke(tensor)  # the real interpreter, rebuilt by the tuner, keeps working
+        now[0] += 1.0 / (one if (seg.threads or 1) == 1 else many)
+        inferred += 1
+        tuner.after_frame(inferred)
+    windows = [max(AUTO_WINDOW, math.ceil(AUTO_SECONDS * rate - 1e-6)) for rate in (one, many)]
+    assert inferred == AUTO_SKIP + sum(windows)  # each timing lasts its frames and its seconds
+    assert seg.threads == (AUTO_MAX_THREADS if kept == 2 else 1)
+    assert tuner.rates == pytest.approx({1: one, AUTO_MAX_THREADS: many})
+    if kept == 2:
+        assert tuner.describe() == f"{AUTO_MAX_THREADS} (chosen on this stream: {many:.1f} FPS against {one:.1f} on 1)"
+    else:
+        assert tuner.describe() == f"1 (chosen on this stream: {one:.1f} FPS against {many:.1f} on {AUTO_MAX_THREADS})"
+
+
+def test_given_threads_and_the_edge_tpu_are_left_alone(tiny_tflite):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"], threads=2))
+    tuner = _ThreadTuner(seg, cores=2)
+    for inferred in range(1, AUTO_SKIP + 2 * AUTO_WINDOW + 5):
+        tuner.after_frame(inferred)
+    assert not tuner.rates and seg.threads == 2 and tuner.describe() == "2 (given)"
+    assert _ThreadTuner(Segmenter(SegmenterOptions(tiny_tflite["int8"])), cores=1).describe() == "1 (one core)"
