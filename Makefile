@@ -16,11 +16,15 @@ setup: $(BIN)/edgeseg           ## create .venv and install everything (runtime,
 demo: setup                     ## bundled model on a real street clip -> out/demo/demo.mp4, FPS printed
 	$(BIN)/edgeseg demo
 
+# The suite runs on every core (at most 4 workers: each holds a TensorFlow): most of its time is
+# single-threaded graph building and subprocesses, so 2 workers on 2 cores take 14 min, not 22.
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4
+
 test: setup                     ## the whole suite (slow cases included), as CI runs it
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup                ## skip the slow cases
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Calibration and the agreement gates (val and three clips no model saw) of both bundled exports.
 BUNDLE_CHECKS := --calib-data ../shared/data/camvid --calib-split training \

@@ -87,7 +87,8 @@ def load(model: str | Path | None = None, threads: int | None = None, device: st
     """Load a .tflite (labels and input spec come from inside it); no argument: the bundled model
     (``"camvid_lite_fast"``: the faster bundled one).
     ``tta=True`` also segments each mirrored frame and averages the two (half the rate, a little
-    more accurate on unseen streets)."""
+    more accurate on unseen streets). ``threads=None``: one CPU thread, and the first `stream`
+    times all cores (up to 4) against it and keeps the faster for this model."""
     return Model(model, threads, device, tta)
 
 

@@ -36,14 +36,16 @@ QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be drawn; small to bound m
 STATS_WINDOW = 100_000
 _END = object()
 # Inference threads when --threads is not given (`_ThreadTuner`): the run starts on one, times it
-# over at least AUTO_WINDOW frames and AUTO_SECONDS (after AUTO_SKIP warm-up frames), then all cores
-# (at most AUTO_MAX_THREADS) the same way, and keeps the more threads only when they deliver
-# AUTO_GAIN times the frames per second (30-frame windows alone varied by +-10 % here). Measured, because it depends on the model's cost against the host work per frame:
-# on 2 cores the three-network bundled model runs 23-32 % faster end to end on two threads, the
-# single network 25 % slower (docs/performance.md).
+# over at least AUTO_WINDOW frames and AUTO_SECONDS, then all cores (at most AUTO_MAX_THREADS) the
+# same way, and keeps the more threads only when they deliver AUTO_GAIN times the frames per second.
+# Each timing starts AUTO_SKIP frames after its interpreter was built (XNNPACK sets up on the first
+# invokes); 30-frame windows alone varied by +-10 % here. Measured, because it depends on the
+# model's cost against the host work per frame: on 2 cores the three-network bundled model runs
+# about 55 % faster end to end on two threads, the single network 10-25 % faster on AVX2-only x86
+# and 25 % slower on a VNNI CPU (docs/performance.md).
 AUTO_SKIP = 8
 AUTO_WINDOW = 30
-AUTO_SECONDS = 1.0
+AUTO_SECONDS = 2.0
 AUTO_MAX_THREADS = 4
 AUTO_GAIN = 1.05
 
@@ -273,13 +275,14 @@ class _ThreadTuner:
         self.active = self.earlier is None and not segmenter.info.edgetpu and self.many > 1
         self.rates: dict[int, float] = {}  # threads -> frames per second over its window
         self._window: tuple[int, float] | None = None  # (frames inferred, time) at the window's start
+        self._skip_until = AUTO_SKIP  # the next window starts after this many frames (warm-up)
 
     def after_frame(self, inferred: int) -> None:
         """Called on the inference thread after each frame, with the frames inferred so far."""
         if not self.active:
             return
         if self._window is None:
-            if inferred == AUTO_SKIP:
+            if inferred == self._skip_until:
                 self._window = (inferred, self.clock())
             return
         start, started = self._window
@@ -289,7 +292,8 @@ class _ThreadTuner:
         self.rates[self.segmenter.threads or 1] = (inferred - start) / elapsed
         if len(self.rates) == 1:
             self.segmenter.set_threads(self.many)
-            self._window = (inferred, self.clock())
+            # the new interpreter's first invokes set XNNPACK up: not part of its rate
+            self._window, self._skip_until = None, inferred + AUTO_SKIP
             return
         if self.rates[self.many] < AUTO_GAIN * self.rates[1]:
             self.segmenter.set_threads(1)

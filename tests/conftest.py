@@ -15,6 +15,12 @@ SHARED = REPO.parent / "shared" / "data"
 TINY_HW = (64, 96)  # tiny models: 64x96 (HxW), street aspect, divisible by 32
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow cases first: with the suite spread over workers (`make test`), a long case picked
+    up last would leave the other workers idle while it runs alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; fails (never skips) when the shared data is missing."""
     path = SHARED.joinpath(*parts)

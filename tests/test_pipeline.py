@@ -282,11 +282,12 @@ def test_spaced_frames_are_the_clips_own_frames_first_and_last_included():
 
 def test_inference_threads_are_chosen_on_the_stream_without_changing_a_single_pixel(monkeypatch):
     monkeypatch.setattr("edgeseg.pipeline.os.cpu_count", lambda: 2)  # the 2-core layout on any machine
+    monkeypatch.setattr("edgeseg.pipeline.AUTO_SECONDS", 0.25)  # both timings within 300 frames on fast CPUs
 
-    def segment(threads, frames=0):
+    def segment(threads, frames=300):
         seg = Segmenter(SegmenterOptions(Path("camvid_lite_fast"), threads=threads))
         digests = []
-        with VideoFileSource(shared("video", "vtest.avi")) as source:  # 795 frames: both timings fit
+        with VideoFileSource(shared("video", "vtest.avi")) as source:
             stats = run(source, seg, PipelineOptions(max_frames=frames), progress=False,
                         on_frame=lambda result: digests.append(hashlib.sha1(result.class_map.tobytes()).digest()))
         return seg, stats, digests
@@ -300,7 +301,7 @@ def test_inference_threads_are_chosen_on_the_stream_without_changing_a_single_pi
     assert (threads == 2) == (rates[2] >= AUTO_GAIN * rates[1])  # more threads stay only when they pay
     fixed, fixed_stats, fixed_maps = segment(1)
     assert fixed_stats.threads == "1 (given)" and fixed.threads == 1
-    assert len(auto_maps) == len(fixed_maps) == 795
+    assert len(auto_maps) == len(fixed_maps) == 300
     differ = [index for index, (a, b) in enumerate(zip(auto_maps, fixed_maps)) if a != b]
     assert not differ, f"frames {differ[:5]} differ after the thread switch"  # the rebuilt interpreter computes the same
     short, short_stats, _ = segment(None, AUTO_SKIP + 3)
@@ -321,7 +322,8 @@ def test_more_inference_threads_stay_only_when_they_deliver_more_frames(tiny_tfl
         inferred += 1
         tuner.after_frame(inferred)
     windows = [max(AUTO_WINDOW, math.ceil(AUTO_SECONDS * rate - 1e-6)) for rate in (one, many)]
-    assert inferred == AUTO_SKIP + sum(windows)  # each timing lasts its frames and its seconds
+    # each timing: warm-up, then its frames and its seconds (+1 frame where float sums of 1/rate fall short)
+    assert 0 <= inferred - (2 * AUTO_SKIP + sum(windows)) <= 2
     assert seg.threads == (AUTO_MAX_THREADS if kept == 2 else 1)
     assert tuner.rates == pytest.approx({1: one, AUTO_MAX_THREADS: many})
     if kept == 2:

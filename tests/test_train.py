@@ -816,6 +816,7 @@ def test_distillation_targets_carry_the_teachers_softmax_and_the_loss_blends_the
     assert float(metric.result()) == float(plain.result()) > 0  # metrics read the mask channel
 
 
+@pytest.mark.slow
 def test_a_distilled_run_trains_and_refuses_teachers_that_do_not_fit(tiny_run, tmp_path, camvid):
     import csv
 
@@ -864,6 +865,7 @@ def test_validation_every_validates_only_those_epochs_and_still_records_them(tmp
         TrainConfig(validation_every=0).validate()
 
 
+@pytest.mark.slow
 def test_throughput_command_measures_real_training_steps(camvid, tmp_path):
     import json
 
@@ -954,6 +956,7 @@ def test_snap_weights_refuses_bad_paths_in_one_line(tiny_run, tmp_path):
     assert not list(tiny_run.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_average_builds_one_flat_graph_whose_output_is_the_members_mean(tiny_run, tmp_path, camvid):
     """`python -m train average`: the mean of two real models' logits on real frames, as one flat graph
     (no nested models), whose int8 Edge TPU export maps every op; a nested average would not."""
@@ -1000,6 +1003,7 @@ def test_average_builds_one_flat_graph_whose_output_is_the_members_mean(tiny_run
         average_models(loaded[:1])
 
 
+@pytest.mark.slow
 def test_average_refuses_models_that_do_not_fit_together_in_one_line(tiny_run, tmp_path):
     from conftest import TINY_HW
     from train.models import build_model
