@@ -264,8 +264,8 @@ class _ThreadTuner:
     cost against the host work per frame on this device and this source, so the run measures both:
     frames per second on one thread, then on all cores (up to AUTO_MAX_THREADS), each over at
     least AUTO_WINDOW frames and AUTO_SECONDS, and keeps the second only if it is AUTO_GAIN times
-    faster. The interpreter
-    is rebuilt between frames on the inference thread (about a model load's time, once).
+    faster. The interpreter is rebuilt between frames on the inference thread (about a model
+    load's time, once). A run that ends before both are timed leaves the choice to the next one.
     """
 
     def __init__(self, segmenter: Segmenter, cores: int, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -298,6 +298,13 @@ class _ThreadTuner:
         if self.rates[self.many] < AUTO_GAIN * self.rates[1]:
             self.segmenter.set_threads(1)
         self.active = False
+
+    def finish(self) -> None:
+        """At the end of a run: one cut short in the middle of the timing goes back to one thread
+        and leaves the choice open, so the segmenter's next stream times both again."""
+        if self.active and self.rates:
+            self.segmenter.set_threads(1)
+            self.segmenter.threads = None
 
     def describe(self) -> str:
         """How many threads inference ran on, and why: '2 (chosen on this stream: 24.6 FPS against
@@ -567,6 +574,7 @@ def _run(source: FrameSource, segmenter: Segmenter, options: PipelineOptions, si
         raise error if isinstance(error, EdgesegError) else EdgesegError(f"pipeline failed: {error}") from error
     truncated_at = source.truncated_at
     stats = timings.to_stats(host.inferred, source.dropped, balancer.moved, stopped_by, host.tuner.describe())
+    host.tuner.finish()
     if sink is not None:
         sink.finish()
     if truncated_at is not None:

@@ -332,6 +332,23 @@ def test_more_inference_threads_stay_only_when_they_deliver_more_frames(tiny_tfl
         assert tuner.describe() == f"1 (chosen on this stream: {one:.1f} FPS against {many:.1f} on {AUTO_MAX_THREADS})"
 
 
+def test_a_run_cut_short_while_timing_leaves_the_choice_to_the_next_stream(tiny_tflite):
+    seg = Segmenter(SegmenterOptions(tiny_tflite["int8"]))
+    now = [0.0]
+    tuner = _ThreadTuner(seg, cores=2, clock=lambda: now[0])
+    inferred = 0
+    while not tuner.rates:  # the one-thread timing
+        inferred += 1
+        now[0] += 0.1
+        tuner.after_frame(inferred)
+    assert seg.threads == 2 and tuner.active
+    tuner.after_frame(inferred + 1)  # the run stops here, before two threads were timed
+    assert tuner.describe() == "2 (the run ended before 2 threads were timed against 1)"
+    tuner.finish()
+    assert seg.threads is None and seg.invoke(seg.prepare(np.zeros((360, 480, 3), np.uint8))).size
+    assert _ThreadTuner(seg, cores=2).active  # the segmenter's next stream times both again
+
+
 def test_given_threads_and_the_edge_tpu_are_left_alone(tiny_tflite):
     seg = Segmenter(SegmenterOptions(tiny_tflite["int8"], threads=2))
     tuner = _ThreadTuner(seg, cores=2)
