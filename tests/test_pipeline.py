@@ -349,7 +349,7 @@ def test_a_run_cut_short_while_timing_leaves_the_choice_to_the_next_stream(tiny_
     assert _ThreadTuner(seg, cores=2).active  # the segmenter's next stream times both again
 
 
-def test_given_threads_and_the_edge_tpu_are_left_alone(tiny_tflite):
+def test_given_threads_and_a_single_core_are_left_alone(tiny_tflite):
     seg = Segmenter(SegmenterOptions(tiny_tflite["int8"], threads=2))
     tuner = _ThreadTuner(seg, cores=2)
     for inferred in range(1, AUTO_SKIP + 2 * AUTO_WINDOW + 5):
