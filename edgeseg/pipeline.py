@@ -303,8 +303,7 @@ class _ThreadTuner:
         """At the end of a run: one cut short in the middle of the timing goes back to one thread
         and leaves the choice open, so the segmenter's next stream times both again."""
         if self.active and self.rates:
-            self.segmenter.set_threads(1)
-            self.segmenter.threads = None
+            self.segmenter.set_threads(None)
 
     def describe(self) -> str:
         """How many threads inference ran on, and why: '2 (chosen on this stream: 24.6 FPS against

@@ -241,12 +241,10 @@ class Segmenter:
         """The underlying interpreter (benchmarks time `invoke` on it alone)."""
         return self._interpreter
 
-    def set_threads(self, threads: int) -> None:
-        """Rebuild the interpreter on `threads` CPU threads (LiteRT fixes the count at creation).
-
-        Call it from the thread that invokes; the old interpreter is released.
-        """
-        if threads != (self.threads or 1):
+    def set_threads(self, threads: int | None) -> None:
+        """Rebuild the interpreter on `threads` CPU threads (LiteRT fixes the count at creation;
+        None: the runtime's default, one). Call it from the thread that invokes."""
+        if (threads or 1) != (self.threads or 1):
             self._interpreter, _ = make_interpreter(self._content, threads, self.info.edgetpu, self._runtime)
         self.threads = threads
 

@@ -250,7 +250,7 @@ def test_jsonl_and_triggers_on_a_real_clip(tmp_path):
     thresholds come from a first pass over the clip (its upper and middle quartile of the share),
     so the test holds for any model that sees the people at all."""
     probe = tmp_path / "probe.jsonl"
-    # The fast bundled network: the whole clip twice, and the rule holds for any model that sees people.
+    # The fast bundled network: the clip runs twice.
     fast = ["--model", "camvid_lite_fast"]
     first = subprocess.run([sys.executable, "-m", "edgeseg", "video", shared("video", "vtest.avi"), "--headless",
                             *fast, "--jsonl", probe], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
