@@ -22,6 +22,10 @@ def set_verbose(on: bool) -> None:
     os.environ[VERBOSE_ENV] = "1" if on else ""
     if not on:
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when OpenCV loads
+        # OpenCV's FFmpeg backend reads this when it opens its first file: -8 (AV_LOG_QUIET) keeps
+        # FFmpeg's decoder complaints ("error while decoding MB ...", "moov atom not found") off the
+        # console; the source reports a damaged file in its own one-line error.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 @contextlib.contextmanager

@@ -96,6 +96,25 @@ def test_unreadable_videos(tiny_tflite, tmp_path, make, fragment):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_damaged_videos_print_only_our_line_not_ffmpegs(tmp_path):
+    """In a real process FFmpeg writes its own complaints to file descriptor 2 ("error while decoding
+    MB", "moov atom not found"), which the in-process runner above cannot see: stderr must hold our
+    one line and nothing else."""
+    import subprocess
+    import sys
+
+    truncated, garbage = tmp_path / "half.avi", tmp_path / "garbage.mp4"
+    truncated.write_bytes(shared("video", "vtest.avi").read_bytes()[:100_000])
+    garbage.write_bytes(b"not a video at all" * 100)
+    for clip, fragment in ((truncated, "ended early"), (garbage, "cannot be decoded")):
+        done = subprocess.run([sys.executable, "-m", "edgeseg", "video", str(clip), "--model", "camvid_lite_fast",
+                               "-o", str(tmp_path / f"{clip.stem}_out.mp4"), "--headless"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0
+        lines = [line for line in re.split(r"[\r\n]", done.stderr) if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], done.stderr
+
+
 def test_unwritable_output_is_refused_before_work(tiny_tflite, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
