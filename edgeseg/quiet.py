@@ -22,6 +22,12 @@ def set_verbose(on: bool) -> None:
     os.environ[VERBOSE_ENV] = "1" if on else ""
     if not on:
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when OpenCV loads
+        if "cv2" in sys.modules:  # already loaded (the command lines import it before --verbose is
+            # parsed): its backends' warnings ("write FFmpeg: Failed to write frame" on every frame
+            # once a disk fills) go through this level
+            import cv2
+
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         # OpenCV's FFmpeg backend reads this when it opens its first file: -8 (AV_LOG_QUIET) keeps
         # FFmpeg's decoder complaints ("error while decoding MB ...", "moov atom not found") off the
         # console; the source reports a damaged file in its own one-line error.

@@ -25,6 +25,10 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv"
 MEASURE_SECONDS = 2.0
 MEASURE_MAX_FRAMES = 60
 DEFAULT_FPS = 25.0
+# While writing, the free space of the output's disk is looked at every FULL_CHECK_EVERY frames (one
+# statvfs call); under FULL_MARGIN bytes, less than FFmpeg's write buffer, the next packets cannot land.
+FULL_CHECK_EVERY = 10
+FULL_MARGIN = 64 << 10
 
 
 def check_writable_dir(folder: Path) -> None:
@@ -94,8 +98,14 @@ class VideoSink:
         return (len(self._pending) - 1) / span if span > 0 else DEFAULT_FPS
 
     def write(self, frame: np.ndarray) -> None:
+        """Add a frame. Raises OutputError (the partial file removed) once the disk has filled:
+        OpenCV's writer drops frames silently then, and the rest of the run would be wasted."""
         self.frames += 1
         if self._writer is not None:
+            if self.frames % FULL_CHECK_EVERY == 0 and _disk_nearly_full(self.path.parent, FULL_MARGIN):
+                message = disk_full_message(self.path)  # the room left before the partial file goes
+                self.abort()
+                raise OutputError(message)
             self._writer.write(frame)
             return
         self._pending.append((time.monotonic(), frame))
@@ -121,9 +131,10 @@ class VideoSink:
         readable = _frames_in(self.tmp)
         if readable < self.frames:
             full = _disk_nearly_full(self.path.parent)  # before the partial file frees its space
+            message = disk_full_message(self.path)
             self.abort()
             if full:
-                raise OutputError(disk_full_message(self.path))
+                raise OutputError(message)
             raise OutputError(f"writing {self.path} failed: only {readable} of {self.frames} frames read back;"
                               " check the disk, or choose another output (any older file there was kept)")
         try:

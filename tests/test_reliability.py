@@ -113,6 +113,36 @@ def test_a_full_disk_keeps_the_old_video_and_says_so(small_disk):
     assert hidden_leftovers(folder) == []  # and the partial one removed
 
 
+def test_a_video_stops_as_soon_as_the_disk_fills(small_disk):
+    """OpenCV's writer drops every frame silently once the disk is full (and warns on each): the
+    sink must notice within a few frames, not after the whole clip, and print nothing but our line."""
+    folder, _, mounted = small_disk
+    if not mounted:
+        pytest.skip("needs a real full filesystem (mounting a tmpfs was refused here); a file-size limit"
+                    " does not fill the disk")
+    from edgeseg.errors import OutputError
+    from edgeseg.sinks import FULL_CHECK_EVERY, VideoSink
+
+    capture = cv2.VideoCapture(str(shared("video", "vtest.avi")))
+    sink = VideoSink(folder / "o.mp4", 10.0, (480, 360))
+    written = 0
+    with pytest.raises(OutputError, match="is full"):
+        while True:
+            ok, frame = capture.read()
+            assert ok, f"the whole clip ({written} frames) went to a 200 KiB disk without an error"
+            sink.write(frame)
+            written += 1
+    capture.release()
+    # 200 KiB hold a few dozen 480x360 frames: the error comes within one check of filling up
+    assert written < 100 + FULL_CHECK_EVERY, written
+    assert list(folder.iterdir()) == []  # the partial file removed
+
+    result = edgeseg("video", shared("video", "vtest.avi"), "-m", MODEL, "-o", folder / "all.mp4", "--headless")
+    one_error(result, "is full")
+    assert [line for line in result.stderr.splitlines() if line.strip()] == error_lines(result.stderr), \
+        result.stderr[:2000]  # none of OpenCV's per-frame "Failed to write frame" warnings
+
+
 def test_atomic_writes_keep_the_old_file_when_the_disk_fills(small_disk):
     folder, preexec, _ = small_disk
     target = folder / "report.json"
