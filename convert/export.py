@@ -97,6 +97,23 @@ def with_static_upsampling(model: keras.Model) -> keras.Model:
     return copy
 
 
+def _dilated(model: keras.Model) -> bool:
+    return any(max(getattr(layer, "dilation_rate", (1,))) > 1 for layer in model.layers)
+
+
+def with_batch_of_one(model: keras.Model) -> keras.Model:
+    """A copy of `model` (same weights) whose input batch is fixed at 1.
+
+    With a free batch dimension the converter lowers a dilated convolution to SPACE_TO_BATCH_ND ->
+    DEPTHWISE_CONV_2D -> BATCH_TO_SPACE_ND, which the Edge TPU does not map and which keeps the
+    following BatchNorm from folding (an extra MUL); with a static batch it emits one convolution
+    with its dilation factor. The runtime feeds one frame at a time either way."""
+    image = keras.Input(batch_shape=(1, *model.input_shape[1:]), name=model.layers[0].name)
+    copy = keras.models.clone_model(model, input_tensors=image)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def tflite_converter(source: SourceModel, argmax: bool = False, static_shapes: bool = False) -> tf.lite.TFLiteConverter:
     """A fresh TFLite converter for `source`; with `argmax`, the model ends in ArgMax -> uint8 class
     map; with `static_shapes` (Edge TPU), nearest upsampling becomes RESIZE_NEAREST_NEIGHBOR."""
@@ -105,6 +122,8 @@ def tflite_converter(source: SourceModel, argmax: bool = False, static_shapes: b
             raise ConvertError("--argmax needs a .keras model (a SavedModel's graph cannot be extended here)")
         return tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir))
     model = with_static_upsampling(source.keras_model) if static_shapes else source.keras_model
+    if _dilated(model):
+        model = with_batch_of_one(model)
     if argmax:
         classes = ClassMap(name="class_map")(model.outputs[0])
         model = keras.Model(model.inputs, classes, name=f"{model.name}_argmax")

@@ -235,16 +235,19 @@ def test_static_upsampling_is_exact_and_the_plain_export_is_not_edgetpu_ready(ti
     assert {"TILE", "SHAPE"} <= set(ops_outside_edgetpu(plain))  # what Keras 3 gives without the rewrite
 
 
-def test_unet_lite2_exports_edgetpu_ready_with_float32_equal_to_keras(tmp_path):
+@pytest.mark.parametrize("architecture", ["unet-lite2", "dilated-lite"])
+def test_other_networks_export_edgetpu_ready_with_float32_equal_to_keras(tmp_path, architecture):
     from convert.export import convert, ops_outside_edgetpu
     from convert.source import load_source
-    from edgeseg.backend import make_plain_interpreter
+    from edgeseg.backend import make_plain_interpreter, op_details
     from train.models import build_model
 
     # unet-lite2 adds ADD (residual repeats) and MEAN + a 1x1 -> 2x3 nearest broadcast (image
-    # pooling) to unet-lite's ops. Random weights and BatchNorm statistics so the image-pooling
-    # branch is not a constant: float32 must give Keras' logits, the Edge TPU export must map every op.
-    model = build_model("unet-lite2", 64, 96, 12, width_multiplier=0.5)
+    # pooling) to unet-lite's ops; dilated-lite adds dilated depthwise convolutions, which the
+    # converter lowers to SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND (not Edge TPU ops) unless the batch is
+    # fixed. Random weights and BatchNorm statistics so no branch is a constant: float32 must give
+    # Keras' logits, the Edge TPU export must map every op.
+    model = build_model(architecture, 64, 96, 12, width_multiplier=0.5)
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if "_bn" in layer.name:
@@ -252,8 +255,8 @@ def test_unet_lite2_exports_edgetpu_ready_with_float32_equal_to_keras(tmp_path):
             layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
                                rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
     frames = rng.random((1, 64, 96, 3)).astype(np.float32)
-    model.save(tmp_path / "lite2.keras")
-    source = load_source(tmp_path / "lite2.keras")
+    model.save(tmp_path / "net.keras")
+    source = load_source(tmp_path / "net.keras")
     interpreter = make_plain_interpreter(convert(source, "float32", edgetpu=True))
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], frames)
     interpreter.invoke()
@@ -266,6 +269,9 @@ def test_unet_lite2_exports_edgetpu_ready_with_float32_equal_to_keras(tmp_path):
 
     int8 = convert(source, "int8", io_type="uint8", representative=representative, edgetpu=True)
     assert ops_outside_edgetpu(int8) == {}
+    if architecture == "dilated-lite":  # one convolution per dilated block, its BatchNorm folded in
+        ops = [op["op_name"] for op in op_details(make_plain_interpreter(convert(source, "int8", representative=representative)))]
+        assert "SPACE_TO_BATCH_ND" not in ops and "MUL" not in ops, ops
 
 
 def test_output_grid_diagnostic_on_a_hand_made_case():

@@ -379,7 +379,7 @@ def test_unet_has_no_two_channel_bottleneck_and_lite_is_under_a_gigaflop():
     unet = build_model("unet", 128, 128, 151, base_filters=16)
     convs = [layer for layer in unet.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs[-1].filters == 151 and convs[-2].filters == 16  # head reads the 16 (64 at full size) channels
-    for architecture in ("unet-lite", "unet-lite2"):
+    for architecture in ("unet-lite", "unet-lite2", "dilated-lite"):
         lite = build_model(architecture, 192, 256, 12)
         assert count_flops(lite) < 1e9, architecture
         assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in lite.layers)
@@ -393,6 +393,16 @@ def test_unet_has_no_two_channel_bottleneck_and_lite_is_under_a_gigaflop():
     assert any(isinstance(layer, keras.layers.GlobalAveragePooling2D)
                for layer in build_model("unet-lite2", 256, 320, 12).layers)
     assert 0.9 < count_flops(plain) / count_flops(build_model("unet-lite2", 256, 320, 12)) < 1.0
+    # dilated-lite never goes below 1/8 and stays within 25 % of unet-lite's FLOPs at 320x256; its
+    # context blocks grow their dilation so a 1/8 position sees far beyond its 3x3 neighbours
+    dilated = build_model("dilated-lite", 256, 320, 12)
+    assert min(layer.output.shape[1] for layer in dilated.layers) == 256 // 8
+    assert 1.0 < count_flops(dilated) / count_flops(build_model("unet-lite", 256, 320, 12)) < 1.25
+    assert sorted({layer.dilation_rate[0] for layer in dilated.layers
+                   if isinstance(layer, keras.layers.DepthwiseConv2D)}) == [1, 2, 4, 8]
+    build_model("dilated-lite", 200, 264, 12)  # multiples of 8 are enough
+    with pytest.raises(ValueError, match="multiples of 8"):
+        build_model("dilated-lite", 196, 264, 12)
 
 
 def test_unet_batch_norm_option_folds_away_at_export():

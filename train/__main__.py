@@ -35,6 +35,7 @@ class Architecture(str, Enum):
     unet = "unet"
     unet_lite = "unet-lite"
     unet_lite2 = "unet-lite2"
+    dilated_lite = "dilated-lite"
 
 
 @app.callback(invoke_without_command=True)

@@ -19,9 +19,9 @@ class TrainConfig:
     Attributes:
         data_dir: dataset root in ADE layout (images/<split>/*.jpg, annotations/<split>/*.png).
         labels: ``"ade20k"``, ``"camvid"``, or ``"auto"`` (``classes.csv`` in data_dir, else ADE20K).
-        architecture: ``"unet"``, ``"unet-lite"`` or ``"unet-lite2"``.
+        architecture: ``"unet"``, ``"unet-lite"``, ``"unet-lite2"`` or ``"dilated-lite"``.
         height, width: network input size (non-square allowed).
-        width_multiplier: channel scale of unet-lite(2); base_filters: first-level width of unet.
+        width_multiplier: channel scale of unet-lite(2) and dilated-lite; base_filters: first-level width of unet.
         image_pooling: unet-lite2 only: its global image-pooling context branch at 1/32 (off = the
             residual encoder alone).
         batch_norm: unet only: BatchNorm after every conv (off = the tutorial; on = int8-friendly).
@@ -198,7 +198,7 @@ def load_config(path: Path | None) -> TrainConfig:
 
 # Closed choices and ranges per key; a key not listed here only has its type checked.
 CHOICES = {
-    "architecture": ("unet", "unet-lite", "unet-lite2"),
+    "architecture": ("unet", "unet-lite", "unet-lite2", "dilated-lite"),
     "optimizer": ("radam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
     "class_weighting": ("none", "median_frequency", "enet"),

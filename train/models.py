@@ -1,4 +1,5 @@
-"""Segmentation networks: the tutorial's `unet` and the edge-friendly `unet-lite` and `unet-lite2`.
+"""Segmentation networks: the tutorial's `unet` and the edge-friendly `unet-lite`, `unet-lite2`
+and `dilated-lite`.
 
 Both output per-pixel *logits* with one channel per class index (channel 0 = not labelled), so
 channel k is label k everywhere. Logits, not softmax: argmax is the same, and an int8 logit
@@ -37,7 +38,7 @@ def _register(name: str) -> Callable:
 
 def required_multiple(architecture: str) -> int:
     """Input height and width must be a multiple of this (the network's total downsampling)."""
-    return {"unet": 16, "unet-lite": 32, "unet-lite2": 32}[architecture]
+    return {"unet": 16, "unet-lite": 32, "unet-lite2": 32, "dilated-lite": 8}[architecture]
 
 
 def check_input_size(architecture: str, height: int, width: int) -> None:
@@ -254,6 +255,48 @@ def unet_lite2(height: int, width: int, num_classes: int, width_multiplier: floa
     x = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
     logits = layers.UpSampling2D(2, interpolation="bilinear", name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name="unet_lite2")
+
+
+# dilated-lite's context blocks at 1/8: ENet's stage-2/3 pattern of growing dilations, twice. The
+# receptive field reaches about 500 input pixels without going below 1/8 resolution.
+DILATIONS = (1, 2, 4, 8, 1, 2, 4, 8)
+
+
+def _dilated_residual(x, dilation: int, name: str):
+    """x + (depthwise 3x3 at `dilation` + pointwise 1x1, each with BatchNorm and ReLU6)."""
+    y = layers.DepthwiseConv2D(3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_dw")(x)
+    y = _batch_norm(f"{name}_dw_bn")(y)
+    y = layers.ReLU(6.0, name=f"{name}_dw_relu")(y)
+    y = layers.Conv2D(x.shape[-1], 1, use_bias=False, name=f"{name}_pw")(y)
+    y = _batch_norm(f"{name}_pw_bn")(y)
+    y = layers.ReLU(6.0, name=f"{name}_pw_relu")(y)
+    return layers.Add(name=f"{name}_add")([x, y])
+
+
+@_register("dilated-lite")
+def dilated_lite(height: int, width: int, num_classes: int, width_multiplier: float = 1.0) -> keras.Model:
+    """A resolution-keeping network (ENet / DeepLab style) at unet-lite's cost (~0.8 GFLOP at 320x256).
+
+    unet-lite halves down to 1/32 and spends a third of its FLOPs on a full 1/2-resolution decoder;
+    thin objects (poles, signs) are a pixel or two wide at 1/16 and gone at 1/32. This one stops at
+    1/8 and buys context with dilated residual blocks there (rates 1-2-4-8, twice, 128 channels),
+    then a light decoder with skips at 1/4 and 1/2. Same op set as unet-lite2 (dilation is an
+    attribute of DEPTHWISE_CONV_2D); input sides need only be multiples of 8.
+    """
+
+    ch = _channels(width_multiplier)
+    inputs, x = _stem(height, width, ch)
+    x, skips = _encoder(x, [(ch(48), 2)], _repeat)  # 1/4
+    x = _separable(x, ch(128), 2, "enc3_0")  # 1/8
+    for index, dilation in enumerate(DILATIONS, start=1):
+        x = _dilated_residual(x, dilation, f"ctx{index}")
+    for skip, filters, level in zip(reversed(skips), [ch(64), ch(32)], (2, 1)):
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skip])
+        x = _separable(x, filters, 1, f"dec{level}")
+    x = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
+    logits = layers.UpSampling2D(2, interpolation="bilinear", name="logits", dtype="float32")(x)
+    return keras.Model(inputs, logits, name="dilated_lite")
 
 
 def count_flops(model: keras.Model) -> int:
