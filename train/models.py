@@ -1,7 +1,7 @@
 """Segmentation networks: the tutorial's `unet` and the edge-friendly `unet-lite`, `unet-lite2`
 and `dilated-lite`.
 
-Both output per-pixel *logits* with one channel per class index (channel 0 = not labelled), so
+All output per-pixel *logits* with one channel per class index (channel 0 = not labelled), so
 channel k is label k everywhere. Logits, not softmax: argmax is the same, and an int8 logit
 keeps far more resolution between close classes than an int8 probability (scale 1/256).
 """
