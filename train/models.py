@@ -185,14 +185,24 @@ def unet_lite(height: int, width: int, num_classes: int, width_multiplier: float
     x, skips = _encoder(x, [(ch(48), 2), (ch(96), 2), (ch(160), 3)], _repeat)  # 1/4, 1/8, 1/16
     x = _separable(x, ch(256), 2, "bottom_0")  # 1/32
     x = _separable(x, ch(256), 1, "bottom_1")
-    decoder = [ch(128), ch(96), ch(64), ch(48)]
-    for skip, filters, level in zip(reversed(skips), decoder, range(4, 0, -1)):
+    x = _decoder(x, skips, [ch(128), ch(96), ch(64), ch(48)])
+    return keras.Model(inputs, _head(x, num_classes), name="unet_lite")
+
+
+def _decoder(x, skips: list, filters: list[int]):
+    """U-Net decoder: per skip (deepest first), nearest x2 upsampling, concatenation and one separable
+    block of the next `filters`; levels are named dec<N> down to dec1."""
+    for skip, width, level in zip(reversed(skips), filters, range(len(filters), 0, -1)):
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skip])
-        x = _separable(x, filters, 1, f"dec{level}")
+        x = _separable(x, width, 1, f"dec{level}")
+    return x
+
+
+def _head(x, num_classes: int):
+    """1x1 logits and the final bilinear x2 to the input size (float32 under mixed precision)."""
     x = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
-    logits = layers.UpSampling2D(2, interpolation="bilinear", name="logits", dtype="float32")(x)
-    return keras.Model(inputs, logits, name="unet_lite")
+    return layers.UpSampling2D(2, interpolation="bilinear", name="logits", dtype="float32")(x)
 
 
 def _repeat(x, name: str):
@@ -252,9 +262,7 @@ def unet_lite2(height: int, width: int, num_classes: int, width_multiplier: floa
     x = layers.UpSampling2D(2, interpolation="nearest", name="dec1_up")(x)
     x = layers.Concatenate(name="dec1_concat")([x, skips[0]])
     x = _separable(x, ch(32), 1, "dec1")
-    x = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
-    logits = layers.UpSampling2D(2, interpolation="bilinear", name="logits", dtype="float32")(x)
-    return keras.Model(inputs, logits, name="unet_lite2")
+    return keras.Model(inputs, _head(x, num_classes), name="unet_lite2")
 
 
 # dilated-lite's context blocks at 1/8: ENet's stage-2/3 pattern of growing dilations, twice. The
@@ -290,13 +298,8 @@ def dilated_lite(height: int, width: int, num_classes: int, width_multiplier: fl
     x = _separable(x, ch(128), 2, "enc3_0")  # 1/8
     for index, dilation in enumerate(DILATIONS, start=1):
         x = _dilated_residual(x, dilation, f"ctx{index}")
-    for skip, filters, level in zip(reversed(skips), [ch(64), ch(32)], (2, 1)):
-        x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
-        x = layers.Concatenate(name=f"dec{level}_concat")([x, skip])
-        x = _separable(x, filters, 1, f"dec{level}")
-    x = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
-    logits = layers.UpSampling2D(2, interpolation="bilinear", name="logits", dtype="float32")(x)
-    return keras.Model(inputs, logits, name="dilated_lite")
+    x = _decoder(x, skips, [ch(64), ch(32)])
+    return keras.Model(inputs, _head(x, num_classes), name="dilated_lite")
 
 
 def count_flops(model: keras.Model) -> int:
