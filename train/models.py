@@ -135,9 +135,10 @@ def unet(
     return keras.Model(inputs, logits, name="unet")
 
 
-def _separable(x, filters: int, stride: int, name: str):
-    """Depthwise 3x3 + pointwise 1x1, each with BatchNorm (folded at export) and ReLU6."""
-    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+def _separable(x, filters: int, stride: int, name: str, dilation: int = 1):
+    """Depthwise 3x3 (at `dilation`) + pointwise 1x1, each with BatchNorm (folded at export) and ReLU6."""
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", dilation_rate=dilation, use_bias=False,
+                               name=f"{name}_dw")(x)
     x = _batch_norm(f"{name}_dw_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
@@ -271,14 +272,8 @@ DILATIONS = (1, 2, 4, 8, 1, 2, 4, 8)
 
 
 def _dilated_residual(x, dilation: int, name: str):
-    """x + (depthwise 3x3 at `dilation` + pointwise 1x1, each with BatchNorm and ReLU6)."""
-    y = layers.DepthwiseConv2D(3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_dw")(x)
-    y = _batch_norm(f"{name}_dw_bn")(y)
-    y = layers.ReLU(6.0, name=f"{name}_dw_relu")(y)
-    y = layers.Conv2D(x.shape[-1], 1, use_bias=False, name=f"{name}_pw")(y)
-    y = _batch_norm(f"{name}_pw_bn")(y)
-    y = layers.ReLU(6.0, name=f"{name}_pw_relu")(y)
-    return layers.Add(name=f"{name}_add")([x, y])
+    """x + a separable block at `dilation` that keeps the channel count (`_residual`, dilated)."""
+    return layers.Add(name=f"{name}_add")([x, _separable(x, x.shape[-1], 1, name, dilation)])
 
 
 @_register("dilated-lite")
