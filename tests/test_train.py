@@ -583,6 +583,23 @@ def test_ohem_settings_out_of_range_are_config_errors(key, value):
         TrainConfig(**{key: value}).validate()
 
 
+def test_every_committed_config_loads_and_writes_to_its_own_run_dir():
+    """Each config in configs/ is a record of a run (the figures in configs/lodo/README.md quote them): a renamed
+    or retired option must not leave one unloadable, and two configs sharing a run_dir would resume or overwrite
+    each other's checkpoints."""
+    from train.config import load_config
+
+    paths = sorted((REPO / "configs").rglob("*.yaml"))
+    assert len(paths) > 60
+    run_dirs = {}
+    for path in paths:
+        config = load_config(path)
+        assert config.run_dir not in run_dirs, f"{path.name} and {run_dirs[config.run_dir]} share {config.run_dir}"
+        run_dirs[config.run_dir] = path.name
+        if "camvid" in config.data_dir:
+            assert (REPO / config.data_dir).is_dir(), path  # ../shared/data/camvid, resolved from the repo root
+
+
 def test_binned_lovasz_matches_the_exact_sorted_loss_on_soft_predictions(camvid):
     import keras
 
