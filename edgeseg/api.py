@@ -6,6 +6,7 @@
     result.classes   # HxW uint8 class map at the frame's size
     result.shares    # {"road": 0.41, "sky": 0.2, ...} of the labelled pixels
     result.overlay() # the picture the CLI draws
+    result.confidence  # HxW float32: the probability of each pixel's class (MediaPipe's confidence mask)
     for result in edgeseg.stream("rtsp://...", seg):    # the threaded pipeline, newest frame only
         ...
 """
@@ -18,9 +19,11 @@ from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgeseg.bundled import BUNDLED_MODEL
+from edgeseg.errors import ModelError
 from edgeseg.labels import LabelSet
 from edgeseg.overlay import render
 from edgeseg.pipeline import FrameResult, PipelineOptions, label_shares, run
@@ -32,10 +35,12 @@ class Result:
     """The segmentation of one frame."""
 
     def __init__(self, frame: np.ndarray, class_map: np.ndarray, labels: LabelSet, palette_bgr: np.ndarray,
-                 inference_ms: float, index: int = 0, latency_ms: float | None = None) -> None:
+                 inference_ms: float, index: int = 0, latency_ms: float | None = None,
+                 raw: np.ndarray | None = None, segmenter: Segmenter | None = None) -> None:
         self.frame, self.class_map, self.labels = frame, class_map, labels
         self._palette = palette_bgr
         self.inference_ms, self.index, self.latency_ms = inference_ms, index, latency_ms
+        self._raw, self._segmenter = raw, segmenter
 
     @cached_property
     def classes(self) -> np.ndarray:
@@ -52,6 +57,38 @@ class Result:
         if name not in self.labels.names:
             raise KeyError(f"no class {name!r}; classes: {', '.join(self.labels.names)}")
         return self.classes == self.labels.names.index(name)
+
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        """(h, w, C) float32 class probabilities at the model's output resolution (index = class; each
+        pixel sums to 1), of this frame's own model output (before any ``smooth``). Computed on first
+        use, so frames that never ask cost nothing. A model exported with ``--argmax`` has none
+        (ValueError)."""
+        if self._raw is None or self._segmenter is None:
+            raise ValueError("this result carries no model output, so no probabilities")
+        try:
+            return self._segmenter.probabilities(self._raw)
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+
+    @cached_property
+    def confidence(self) -> np.ndarray:
+        """HxW float32 in [1/C, 1] at the frame's size: the model's probability for the class it chose,
+        interpolated from its output resolution (low where it hesitates: where classes meet, thin objects,
+        scenes unlike its training). MediaPipe's confidence mask; threshold it to keep only sure pixels."""
+        return self._at_frame_size(self.probabilities.max(axis=-1))
+
+    def probability(self, name: str) -> np.ndarray:
+        """HxW float32 probability of one class, by name, at the frame's size (a soft `mask`)."""
+        if name not in self.labels.names:
+            raise KeyError(f"no class {name!r}; classes: {', '.join(self.labels.names)}")
+        return self._at_frame_size(np.ascontiguousarray(self.probabilities[..., self.labels.names.index(name)]))
+
+    def _at_frame_size(self, values: np.ndarray) -> np.ndarray:
+        height, width = self.frame.shape[:2]
+        if values.shape == (height, width):
+            return values
+        return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
 
     def overlay(self, alpha: float = 0.5, legend: bool = True) -> np.ndarray:
         """The overlaid BGR picture, as the CLI draws it."""
@@ -75,8 +112,9 @@ class Model:
     def __call__(self, frame_bgr: np.ndarray) -> Result:
         if not isinstance(frame_bgr, np.ndarray) or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
             raise ValueError("pass an HxWx3 uint8 BGR image (as cv2.imread returns)")
-        class_map = self.segmenter.segment(frame_bgr)
-        return Result(frame_bgr, class_map, self.labels, self.segmenter.palette_bgr, self.segmenter.last_inference_ms)
+        raw = self.segmenter.infer(frame_bgr)
+        return Result(frame_bgr, self.segmenter.classes(raw), self.labels, self.segmenter.palette_bgr,
+                      self.segmenter.last_inference_ms, raw=raw, segmenter=self.segmenter)
 
     def __repr__(self) -> str:
         return f"Model({self.segmenter.info.path}, {self.labels.name}: {self.labels.num_classes} classes)"
@@ -113,7 +151,7 @@ def stream(source: str | int | Path, model: Model | str | Path | None = None, sm
 
     def deliver(frame: FrameResult) -> None:
         item = Result(frame.frame, frame.class_map, seg.labels, seg.segmenter.palette_bgr, frame.inference_ms,
-                      frame.index, frame.latency_ms)
+                      frame.index, frame.latency_ms, frame.raw, seg.segmenter)
         while not stop.is_set():
             try:
                 results.put(item, timeout=0.1)

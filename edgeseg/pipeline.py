@@ -95,6 +95,7 @@ class FrameResult:
         image: the overlaid BGR frame.
         labels: the model's labels.
         frame: the source's BGR frame.
+        raw: the model's raw output for the frame (before `--smooth`; `Segmenter.probabilities` reads it).
     """
 
     index: int
@@ -105,6 +106,7 @@ class FrameResult:
     image: np.ndarray
     labels: object
     frame: np.ndarray | None = None
+    raw: np.ndarray | None = None
     _shares: dict[str, float] | None = field(default=None, repr=False)
 
     def shares(self) -> dict[str, float]:
@@ -442,7 +444,7 @@ class _Host:
         self.latest = image
         if self.on_frame is not None:
             self.on_frame(FrameResult(self.drawn, stamp[1], latency, infer_ms, class_map, image,
-                                      self.segmenter.labels, frame))
+                                      self.segmenter.labels, frame, raw))
         self.drawn += 1
 
     def _fail(self, exc: BaseException) -> None:

@@ -292,6 +292,15 @@ class Segmenter:
             return (raw.astype(np.float32) - terms * info.zero_point) * (info.scale / terms)
         return raw.astype(np.float32, copy=False)
 
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores -> ``(h, w, C)`` float32 class probabilities (each pixel sums to 1): the softmax of
+        the scores, or the scores themselves where the model already ends in a softmax. Not for a model
+        that outputs an ArgMax class map (it keeps no scores)."""
+        if self.info.output_kind == "class_map":
+            raise ModelError(f"model {Path(self.info.path).name} outputs an ArgMax class map, so it has no class"
+                             " probabilities; export it without --argmax")
+        return to_probabilities(self.scores(raw))
+
     def classes(self, raw: np.ndarray) -> np.ndarray:
         """Raw output -> ``(h, w)`` uint8 class map.
 
@@ -307,6 +316,19 @@ class Segmenter:
     def segment(self, frame_bgr: np.ndarray) -> np.ndarray:
         """BGR frame -> ``(h, w)`` uint8 class map at the model's output resolution."""
         return self.classes(self.infer(frame_bgr))
+
+
+def to_probabilities(scores: np.ndarray) -> np.ndarray:
+    """``(h, w, C)`` float32 scores -> probabilities over the last axis. Scores that already are
+    probabilities (every value in [0, 1], every pixel summing to 1 within the rounding of an int8
+    softmax output, 1/256 per class) are returned as they are; anything else is taken as logits."""
+    scores = scores.astype(np.float32, copy=False)
+    tolerance = scores.shape[-1] / 256.0 + 1e-3
+    if scores.min() >= 0.0 and scores.max() <= 1.0 and np.abs(scores.sum(axis=-1) - 1.0).max() <= tolerance:
+        return scores / scores.sum(axis=-1, keepdims=True)
+    exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    exp /= exp.sum(axis=-1, keepdims=True)
+    return exp
 
 
 def with_mirror(predict: Callable[[np.ndarray], np.ndarray], tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

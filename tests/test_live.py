@@ -24,6 +24,7 @@ import pytest
 from conftest import REPO, shared
 
 MODEL = REPO / "models" / "camvid_lite_int8.tflite"
+FAST_MODEL = REPO / "edgeseg" / "assets" / "camvid_lite_fast_int8.tflite"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -332,6 +333,49 @@ def test_python_api_on_real_frames():
         seg(np.zeros((10, 10), np.uint8))
     with pytest.raises(KeyError):
         result.mask("person")
+
+
+def test_python_api_gives_class_probabilities_and_a_confidence_map(tiny_tflite):
+    """result.probabilities / .confidence / .probability(name): MediaPipe's confidence masks, from the
+    same model output as the class map, for single frames and the stream alike."""
+    import edgeseg
+    from edgeseg.segmenter import to_probabilities
+
+    seg = edgeseg.load(FAST_MODEL)
+    frame = cv2.imread(str(shared("images", "dog.jpg")))  # not the model's size: maps come back at the frame's
+    result = seg(frame)
+    probabilities = result.probabilities
+    assert probabilities.shape == (*result.class_map.shape, seg.labels.num_classes)
+    assert probabilities.dtype == np.float32 and probabilities.min() >= 0 and probabilities.max() <= 1
+    assert np.abs(probabilities.sum(axis=-1) - 1).max() < 1e-5
+    assert np.array_equal(probabilities.argmax(axis=-1), result.class_map)  # the same output as the classes
+    confidence = result.confidence
+    assert confidence.shape == frame.shape[:2] and confidence.min() >= 1 / seg.labels.num_classes - 1e-6
+    # The model hesitates where classes meet, not inside regions: the map says where to trust it.
+    classes = result.classes
+    edge = np.zeros(classes.shape, bool)
+    edge[:, 1:] |= classes[:, 1:] != classes[:, :-1]
+    edge[1:, :] |= classes[1:, :] != classes[:-1, :]
+    assert confidence[edge].mean() < confidence[~edge].mean() - 0.1 and confidence[~edge].mean() > 0.7
+    total = sum(result.probability(name) for name in seg.labels.names)
+    assert total.shape == frame.shape[:2] and np.abs(total - 1).max() < 1e-4
+    road, is_road = result.probability("road"), result.classes == seg.labels.names.index("road")
+    assert is_road.any() and road[is_road].mean() > 0.5 > road[~is_road].mean()
+    with pytest.raises(KeyError):
+        result.probability("person")
+    # An int8 softmax output (scale 1/256) is read as probabilities, not put through a second softmax.
+    rounded = np.round(probabilities * 256) / 256
+    assert np.abs(to_probabilities(rounded) - probabilities).max() < 0.03  # a second softmax: peaks near 0.2
+    assert np.abs(to_probabilities(rounded).sum(axis=-1) - 1).max() < 1e-5
+    assert np.abs(to_probabilities(probabilities) - probabilities).max() < 1e-6
+    # The stream's results carry the same probabilities as a single call on the same frame.
+    first = next(iter(edgeseg.stream(shared("video", "vtest.avi"), seg, max_frames=1)))
+    assert np.array_equal(first.probabilities, seg(first.frame).probabilities)
+    # A model with the ArgMax inside keeps no scores: one clear error.
+    argmax_result = edgeseg.load(tiny_tflite["argmax"])(frame)
+    assert argmax_result.classes.shape == frame.shape[:2]
+    with pytest.raises(ValueError, match="--argmax"):
+        argmax_result.confidence
 
 
 def test_python_stream_keeps_order_for_files_and_stops_when_left():
