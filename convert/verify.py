@@ -18,16 +18,9 @@ from edgeseg.evaluate import Tally, labelled_pairs
 from edgeseg.labels import LabelSet
 from edgeseg.overlay import class_shares
 from edgeseg.preprocess import InputSpec, preprocess
-from edgeseg.segmenter import Segmenter, SegmenterOptions
+from edgeseg.segmenter import Segmenter, SegmenterOptions, softmax
 
 from .source import SourceModel
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities of logits (last axis), numerically stable."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def grid_diagnostic(logits: np.ndarray, scale: float, zero_point: int, dtype: str) -> tuple[int, int]:

@@ -54,9 +54,12 @@ class Result:
 
     def mask(self, name: str) -> np.ndarray:
         """HxW bool mask of one class, by name, at the frame's size."""
+        return self.classes == self._index(name)
+
+    def _index(self, name: str) -> int:
         if name not in self.labels.names:
             raise KeyError(f"no class {name!r}; classes: {', '.join(self.labels.names)}")
-        return self.classes == self.labels.names.index(name)
+        return self.labels.names.index(name)
 
     @cached_property
     def probabilities(self) -> np.ndarray:
@@ -80,9 +83,7 @@ class Result:
 
     def probability(self, name: str) -> np.ndarray:
         """HxW float32 probability of one class, by name, at the frame's size (a soft `mask`)."""
-        if name not in self.labels.names:
-            raise KeyError(f"no class {name!r}; classes: {', '.join(self.labels.names)}")
-        return self._at_frame_size(np.ascontiguousarray(self.probabilities[..., self.labels.names.index(name)]))
+        return self._at_frame_size(np.ascontiguousarray(self.probabilities[..., self._index(name)]))
 
     def _at_frame_size(self, values: np.ndarray) -> np.ndarray:
         height, width = self.frame.shape[:2]

@@ -326,7 +326,12 @@ def to_probabilities(scores: np.ndarray) -> np.ndarray:
     tolerance = scores.shape[-1] / 256.0 + 1e-3
     if scores.min() >= 0.0 and scores.max() <= 1.0 and np.abs(scores.sum(axis=-1) - 1.0).max() <= tolerance:
         return scores / scores.sum(axis=-1, keepdims=True)
-    exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return softmax(scores)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of logits (last axis), numerically stable."""
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     exp /= exp.sum(axis=-1, keepdims=True)
     return exp
 

@@ -155,7 +155,7 @@ def test_many_viewers_and_a_stalled_one_never_slow_the_pipeline():
     # The fast network on one thread keeps well ahead of the 30 FPS pacing on any CPU, so the rate
     # measures what viewers cost the pipeline, not how the default model shares a 2-core machine with
     # the JPEG encoder (the bundled model runs at about 26 FPS on AVX2-only CPUs: CPU-bound, not paced).
-    seg = Segmenter(SegmenterOptions(REPO / "edgeseg" / "assets" / "camvid_lite_fast_int8.tflite", threads=1))
+    seg = Segmenter(SegmenterOptions(FAST_MODEL, threads=1))
 
     def session(viewers: int, stalled: bool) -> tuple[float, int, int]:
         with LiveServer("127.0.0.1:0") as live:

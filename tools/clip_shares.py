@@ -113,7 +113,7 @@ class Model:
             self.names = self.segmenter.labels.names
         else:
             from convert.source import labels_for, load_source
-            from convert.verify import softmax
+            from edgeseg.segmenter import softmax
             from edgeseg.preprocess import InputSpec, preprocess
             from edgeseg.segmenter import with_mirror
 

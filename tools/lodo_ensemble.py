@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"error: {path} is not a file; pass trained .keras models", file=sys.stderr)
             return 2
-    from convert.verify import softmax
+    from edgeseg.segmenter import softmax
     from edgeseg.dataset import resolve_labels, select_pairs
     from edgeseg.evaluate import Tally, labelled_pairs
     from edgeseg.extras import load_keras_model
