@@ -558,21 +558,24 @@ def test_training_rerun_and_interrupt_keep_every_record(tmp_path, camvid):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "train", "--data-dir", camvid, "--run-dir", run_dir, "--architecture", "unet-lite",
             "--height", "64", "--width", "96", "--batch-size", "8", "--max-examples", "16"]
-    for _ in range(2):  # a finished run, then the same command again
-        result = subprocess.run([*map(str, args), "--epochs", "1"], cwd=REPO, env=ENV, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-    assert (run_dir / "history.csv").read_text().count("\n") == 2  # header + its one epoch
-    assert (run_dir / "history.previous.csv").read_text().count("\n") == 2
-
-    process = subprocess.Popen([*map(str, args), "--epochs", "50", "--run-dir", str(tmp_path / "long")], cwd=REPO,
-                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    history = tmp_path / "long" / "history.csv"
+    finished = subprocess.run([*map(str, args), "--epochs", "1"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    # A longer run in the finished run's folder starts afresh (nothing to resume): it must keep the
+    # finished run's record, and Ctrl-C must stop it after a whole epoch with a resume hint.
+    process = subprocess.Popen([*map(str, args), "--epochs", "50"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    history, previous = run_dir / "history.csv", run_dir / "history.previous.csv"
     deadline = time.time() + 300
-    while time.time() < deadline and not (history.is_file() and history.read_text().count("\n") >= 3):
+    while time.time() < deadline and not (previous.is_file() and history.is_file()
+                                          and history.read_text().count("\n") >= 3):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
+    assert "held a finished run's epochs: kept as history.previous.csv" in stdout
+    assert previous.read_text().count("\n") == 2  # header + the finished run's one epoch
+    epochs = [int(row.split(",")[0]) for row in history.read_text().splitlines()[1:]]
+    assert len(epochs) >= 2 and epochs == list(range(1, len(epochs) + 1))  # its own epochs, from 1
     line = one_error(subprocess.CompletedProcess([], 130, "", stderr), "stopped by SIGINT after finishing epoch")
     assert "run the same command again to resume" in line
