@@ -39,7 +39,7 @@ def measure(config: TrainConfig, steps: int = 10, warmup: int = 3) -> dict:
     check_input_size(config.architecture, config.height, config.width)
     root = Path(config.data_dir)
     labels = data_lib.resolve_labels(root, config.labels)
-    pairs = data_lib.list_pairs(root, config.train_split, config.batch_size)
+    pairs = data_lib.select_pairs(root, config.train_split, config.train_prefixes, config.batch_size)  # "a+b" too
     if len(pairs) < config.batch_size:
         raise data_lib.DatasetError(f"only {len(pairs)} training pairs for batch size {config.batch_size}")
     spec = input_spec(config)
