@@ -6,36 +6,9 @@ import glob
 import os
 import platform
 import re
-from pathlib import Path
 
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace").strip("\x00\n ")
-    except OSError:
-        return None
-
-
-def cpu_model() -> str:
-    info = _read("/proc/cpuinfo") or ""
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        match = re.search(rf"^{key}\s*:\s*(.+)$", info, re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
-# Instruction-set extensions that decide int8 vs float speed: VNNI / dot-product instructions make
-# int8 convolutions several times faster than float; without them int8 may be no faster.
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
-
-
-def cpu_features() -> list[str]:
-    """The SIMD_FLAGS this CPU reports in /proc/cpuinfo (x86 'flags', ARM 'Features')."""
-    info = _read("/proc/cpuinfo") or ""
-    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", info, re.MULTILINE)
-    present = set(match.group(1).split()) if match else set()
-    return [flag for flag in SIMD_FLAGS if flag in present]
+from edgeseg.machine import SIMD_FLAGS, cpu_features, cpu_model  # noqa: F401 (re-exported)
+from edgeseg.machine import read_quietly as _read
 
 
 def edgetpu_present() -> bool:

@@ -907,6 +907,10 @@ def test_throughput_command_measures_real_training_steps(camvid, tmp_path):
     assert result.exit_code == 0, result.output
     row = json.loads(out.read_text())
     assert row["images_per_second"] > 0 and row["input_hw"] == [64, 96] and row["gflops_forward"] > 0
+    from edgeseg.machine import cpu_features
+
+    assert row["simd"] and row["simd"] == cpu_features()  # x86-64: avx2 at least; ARM: asimd
+    assert " ".join(row["simd"]) in result.output and row["date"].startswith("20")  # a figure names its CPU kind
     assert f"{row['images_per_second']} images/s" in result.output
     # The bundled config trains on "training+validation": the command reads such joined splits too.
     bundled = ["--config", str(REPO / "configs" / "camvid_lite.yaml")]

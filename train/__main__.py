@@ -181,7 +181,8 @@ def throughput(
     else:
         typer.echo(f"{result['architecture']} {result['input_hw'][0]}x{result['input_hw'][1]} batch"
                    f" {result['batch_size']}: {result['images_per_second']} images/s ({result['step_ms_p50']} ms/step,"
-                   f" {result['gflops_forward']} GFLOP forward, ~{result['train_gflop_per_second']} GFLOP/s)")
+                   f" {result['gflops_forward']} GFLOP forward, ~{result['train_gflop_per_second']} GFLOP/s) on"
+                   f" {result['cores']} cores of {result['cpu']} ({' '.join(result['simd']) or 'no SIMD flags read'})")
     if output is not None:
         append(result, output)
 
