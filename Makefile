@@ -32,7 +32,7 @@ BUNDLE_CHECKS := --calib-data ../shared/data/camvid --calib-split training \
   --check-video ../shared/data/video/vtest.avi --check-video ../shared/data/video/car-detection.mp4 \
   --check-video edgeseg/assets/solidWhiteRight.mp4 --output models
 
-bundle: setup                   ## retrain and re-export the bundled model (three runs from scratch, about 3 h on 2 cores)
+bundle: setup                   ## retrain and re-export the bundled model (three runs from scratch, 3-6 h on 2 cores)
 	$(BIN)/python -m train --config configs/camvid_lite.yaml          # seed 7 -> runs/camvid_lite/last.keras
 	$(BIN)/python -m train --config configs/camvid_lite_seed8.yaml    # seed 8 -> runs/camvid_lite_seed8/last.keras
 	$(BIN)/python -m train --config configs/camvid_lite_seed9.yaml    # seed 9 -> runs/camvid_lite_seed9/last.keras
