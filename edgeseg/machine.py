@@ -18,9 +18,10 @@ def read_quietly(path: str) -> str | None:
         return None
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (ARM boards: their model or hardware line)."""
-    info = read_quietly("/proc/cpuinfo") or ""
+def cpu_model(info: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo, or from `info`, a text in its format (ARM boards: their
+    model or hardware line)."""
+    info = (read_quietly("/proc/cpuinfo") or "") if info is None else info
     for key in ("model name", "Model", "Hardware", "cpu model"):
         match = re.search(rf"^{key}\s*:\s*(.+)$", info, re.MULTILINE)
         if match:
@@ -33,9 +34,9 @@ def cpu_model() -> str:
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 
 
-def cpu_features() -> list[str]:
-    """The SIMD_FLAGS this CPU reports in /proc/cpuinfo (x86 'flags', ARM 'Features')."""
-    info = read_quietly("/proc/cpuinfo") or ""
+def cpu_features(info: str | None = None) -> list[str]:
+    """The SIMD_FLAGS this CPU reports in /proc/cpuinfo, or in `info` (x86 'flags', ARM 'Features')."""
+    info = (read_quietly("/proc/cpuinfo") or "") if info is None else info
     match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", info, re.MULTILINE)
     present = set(match.group(1).split()) if match else set()
     return [flag for flag in SIMD_FLAGS if flag in present]

@@ -49,6 +49,19 @@ def test_fingerprint_fields():
     assert slug("Raspberry Pi 5 Model B Rev 1.0") == "raspberry-pi-5-model-b-rev-1-0"
 
 
+def test_cpu_facts_read_x86_and_arm_cpuinfo():
+    """The SIMD flags that decide int8 speed, from both kinds of /proc/cpuinfo a figure may come from."""
+    from edgeseg.machine import cpu_features, cpu_model
+    from tools.pi_check import CPUINFO as PI4  # the Cortex-A72 text the aarch64 check serves
+
+    vnni = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+            "flags\t\t: fpu sse2 avx fma avx2 avx512f avx512bw avx512_vnni amx_int8 xsave\n\nprocessor\t: 1\n")
+    assert cpu_model(vnni) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert cpu_features(vnni) == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_int8"]  # avx alone is not listed
+    assert cpu_model(PI4) == "Raspberry Pi 4" and cpu_features(PI4) == ["asimd"]
+    assert cpu_features("") == [] and cpu_model("") != ""  # no cpuinfo (macOS, a sandbox): platform's name
+
+
 def test_benchmark_run_schema_tables_and_chart(tiny_tflite, tmp_path, monkeypatch):
     import benchmarks.report as report
 
