@@ -7,8 +7,7 @@ import os
 import platform
 import re
 
-from edgeseg.machine import SIMD_FLAGS, cpu_features, cpu_model  # noqa: F401 (re-exported)
-from edgeseg.machine import read_quietly as _read
+from edgeseg.machine import SIMD_FLAGS, cpu_features, cpu_model, read_quietly  # noqa: F401 (re-exported)
 
 
 def edgetpu_present() -> bool:
@@ -16,8 +15,8 @@ def edgetpu_present() -> bool:
     if glob.glob("/dev/apex_*"):
         return True
     for vendor_file in glob.glob("/sys/bus/usb/devices/*/idVendor"):
-        vendor = _read(vendor_file)
-        product = _read(vendor_file.replace("idVendor", "idProduct"))
+        vendor = read_quietly(vendor_file)
+        product = read_quietly(vendor_file.replace("idVendor", "idProduct"))
         if vendor == "1a6e" or (vendor == "18d1" and product == "9302"):
             return True
     return False
@@ -28,8 +27,8 @@ def fingerprint(device_name: str | None = None) -> dict:
     from edgeseg.backend import find_runtime
 
     runtime = find_runtime()
-    governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-    pi_model = _read("/proc/device-tree/model")
+    governor = read_quietly("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    pi_model = read_quietly("/proc/device-tree/model")
     facts = {
         "device": device_name or (pi_model or platform.node() or "unknown"),
         "cpu": cpu_model(),

@@ -113,9 +113,8 @@ class Model:
             self.names = self.segmenter.labels.names
         else:
             from convert.source import labels_for, load_source
-            from edgeseg.segmenter import softmax
             from edgeseg.preprocess import InputSpec, preprocess
-            from edgeseg.segmenter import with_mirror
+            from edgeseg.segmenter import softmax, with_mirror
 
             source = load_source(path)
             spec = InputSpec(height=source.height, width=source.width)
